@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine with Python 3.11:
+#   make serve   run the service on the shipped model (http://127.0.0.1:8000; HOST/PORT override)
+#   make test    install what the tests need and run the whole suite
+# Installs are stamped: a second run with unchanged requirements installs nothing.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test lint format train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.serve-installed: requirements-serve.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-serve.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-serve.txt requirements-train.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.serve-installed
+
+serve: $(VENV)/.serve-installed
+	$(BIN)/python -m service
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

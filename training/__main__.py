@@ -1,0 +1,101 @@
+"""`python -m training download | train | evaluate | export`: from data to a servable model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    download = commands.add_parser("download", help="fetch FER2013 through the Kaggle API")
+    download.add_argument("--out", type=Path, required=True, help="folder to unpack it into")
+
+    train = commands.add_parser("train", help="train, evaluate and export a model")
+    train.add_argument("--data", type=Path, required=True, help="Kaggle zip, its folder, or CSV")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--config", type=Path, help="TOML config (default: configs/default.toml)")
+    train.add_argument("--epochs", type=int, help="override the config's epochs")
+    train.add_argument("--limit", type=int, help="at most N images per class per split")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--seed", type=int, default=1337)
+
+    evaluate = commands.add_parser("evaluate", help="score an exported model on test/")
+    evaluate.add_argument("--model", type=Path, required=True, help="an exported emotion.onnx")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--history", type=Path, help="training_log.csv for the curves")
+    evaluate.add_argument("--limit", type=int)
+
+    export = commands.add_parser("export", help="export a run's best weights to ONNX")
+    export.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
+    export.add_argument("--out", type=Path, help="where emotion.onnx goes (default: --run)")
+    export.add_argument("--data", type=Path, help="data for the parity check (default: the run's)")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "download":
+        from training.download import download
+
+        download(args.out)
+    elif args.command == "train":
+        from training.train import train
+
+        path = train(
+            args.data, args.out, args.config, args.epochs, args.limit, args.resume, args.seed
+        )
+        print(f"model written to {path}")
+    elif args.command == "evaluate":
+        from training.data import load_test_split
+        from training.evaluate import evaluate_model
+
+        history = args.history or args.model.parent / "training_log.csv"
+        metrics = evaluate_model(
+            args.model, load_test_split(args.data, args.limit), args.out, history=history
+        )
+        print(
+            f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+            f"ECE {metrics['expected_calibration_error']:.4f}  -> {args.out / 'metrics.json'}"
+        )
+    elif args.command == "export":
+        from training.data import load_test_split
+        from training.export import export_run
+
+        data = args.data
+        if data is None:
+            import json
+
+            data = Path(json.loads((args.run / "run.json").read_text())["data"]["source"])
+        path = export_run(args.run, args.out or args.run, load_test_split(data, limit=64))
+        print(f"model written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from training.errors import USER_ERRORS
+
+    try:
+        run(parse_args(argv))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: pass --resume to continue from the last finished epoch", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

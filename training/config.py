@@ -1,0 +1,169 @@
+"""Every choice of a training run, as plain values with defaults, overridden by a TOML file.
+
+A config file has three optional tables, `[model]`, `[augment]` and `[train]`, whose keys are the
+fields below. Unknown keys and bad values are refused before any data is read, so a typo costs
+a second, not a night of training. Trying another architecture means writing another config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.toml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    filters: tuple[int, ...] = (32, 64, 128, 256)
+    """Channels of each convolution stage; each stage ends in 2x2 max pooling."""
+    convs_per_stage: int = 2
+    stage_dropout: float = 0.1
+    dense_units: int = 256
+    """Width of the hidden dense layer after global average pooling (0: none)."""
+    head_dropout: float = 0.4
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = True
+    shift: float = 0.1
+    """Largest translation, as a fraction of the image side."""
+    rotation_degrees: float = 10.0
+    zoom: float = 0.1
+    contrast: float = 0.0
+    """Largest random contrast change (fraction); 0 turns it off."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.5
+    """Class weights are (mean count / class count) ** power: 0 off, 1 full inverse frequency."""
+    validation_fraction: float = 0.1
+    early_stopping_patience: int = 0
+    """Epochs without validation-accuracy gain before stopping (0: never stop early)."""
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
+    """`auto`: mixed_bfloat16 where the CPU has AVX-512 BF16 or AMX (or on a GPU)."""
+    calibrate: bool = True
+    """Fit a softmax temperature on validation and fold it into the exported graph."""
+    flip_tta: Literal["auto", "on", "off"] = "auto"
+    """Average predictions over the image and its mirror; `auto` keeps it if validation gains."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        m, a, t = self.model, self.augment, self.train
+        checks = [
+            (len(m.filters) >= 1 and all(f > 0 for f in m.filters), "model.filters: positive ints"),
+            (len(m.filters) <= 5, "model.filters: at most 5 stages (48 px halves 5 times)"),
+            (m.convs_per_stage >= 1, "model.convs_per_stage must be >= 1"),
+            (0 <= m.stage_dropout < 1, "model.stage_dropout must be in [0, 1)"),
+            (0 <= m.head_dropout < 1, "model.head_dropout must be in [0, 1)"),
+            (m.dense_units >= 0, "model.dense_units must be >= 0"),
+            (0 <= a.shift < 0.5, "augment.shift must be in [0, 0.5)"),
+            (0 <= a.rotation_degrees <= 45, "augment.rotation_degrees must be in [0, 45]"),
+            (0 <= a.zoom < 0.5, "augment.zoom must be in [0, 0.5)"),
+            (0 <= a.contrast < 1, "augment.contrast must be in [0, 1)"),
+            (t.epochs >= 1, "train.epochs must be >= 1"),
+            (t.batch_size >= 1, "train.batch_size must be >= 1"),
+            (t.optimizer in ("sgd", "adamw"), "train.optimizer must be 'sgd' or 'adamw'"),
+            (t.learning_rate > 0, "train.learning_rate must be > 0"),
+            (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
+            (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (t.schedule in ("cosine", "plateau"), "train.schedule must be 'cosine' or 'plateau'"),
+            (0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs must be in [0, epochs)"),
+            (0 <= t.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+            (0 <= t.class_weight_power <= 1, "train.class_weight_power must be in [0, 1]"),
+            (0 < t.validation_fraction < 0.5, "train.validation_fraction must be in (0, 0.5)"),
+            (t.early_stopping_patience >= 0, "train.early_stopping_patience must be >= 0"),
+            (
+                t.precision in ("auto", "float32", "mixed_bfloat16"),
+                "train.precision must be 'auto', 'float32' or 'mixed_bfloat16'",
+            ),
+            (t.flip_tta in ("auto", "on", "off"), "train.flip_tta must be 'auto', 'on' or 'off'"),
+        ]
+        errors = [message for ok, message in checks if not ok]
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return self
+
+
+SECTIONS = {"model": ModelConfig, "augment": AugmentConfig, "train": TrainConfig}
+
+
+def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{section}] has unknown keys {unknown}; known keys: {sorted(known)}")
+    defaults = cls()
+    coerced = {}
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ConfigError(f"{section}.{key} must be a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{section}.{key} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{section}.{key} must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{section}.{key} must be a number, got {value!r}")
+            value = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{section}.{key} must be a string, got {value!r}")
+        coerced[key] = value
+    return replace(defaults, **coerced)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown tables {unknown}; known: {sorted(SECTIONS)}")
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{section}] must be a table")
+    parts = {name: _coerce(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    return Config(**parts).validate()
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read a TOML config (the shipped default when `path` is None) over the built-in defaults."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+    try:
+        return config_from_dict(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error

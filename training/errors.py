@@ -1,0 +1,29 @@
+"""The errors a user can act on: reported as one clear line and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+from service.contract import ContractError
+from training.config import ConfigError
+from training.data import DataError
+
+
+class DownloadError(Exception):
+    """The Kaggle download cannot happen; the message says what to do."""
+
+
+class RunError(Exception):
+    """A run directory that cannot be started or resumed as asked."""
+
+
+class ExportError(Exception):
+    """The export failed a check (parity, contract); the model was not written."""
+
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    ContractError,
+    DataError,
+    DownloadError,
+    ExportError,
+    RunError,
+)

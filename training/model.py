@@ -1,0 +1,105 @@
+"""The network, and nothing else: config -> Keras model.
+
+Backend-neutral Keras 3 (no TensorFlow import), so the same code trains on TensorFlow here and on
+JAX on a GPU machine. Pixel scaling lives inside the model, so every model built here takes raw
+0-255 pixels, which is what the exported ONNX graph and the service feed it.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from service.contract import INPUT_SIZE, LABELS
+from training.config import AugmentConfig, ModelConfig
+
+IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 1)
+
+
+def build_classifier(config: ModelConfig) -> keras.Model:
+    """VGG-style stages of 3x3 convolutions with batch norm, ReLU, pooling and dropout.
+
+    The layer named `logits` feeds the softmax, so calibration and test-time augmentation can
+    work on logits without rebuilding the network.
+    """
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="pixel_scale")(inputs)
+    for stage, filters in enumerate(config.filters, start=1):
+        for conv in range(1, config.convs_per_stage + 1):
+            x = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                kernel_initializer="he_normal",
+                name=f"stage{stage}_conv{conv}",
+            )(x)
+            x = layers.BatchNormalization(name=f"stage{stage}_bn{conv}")(x)
+            x = layers.ReLU(name=f"stage{stage}_relu{conv}")(x)
+        x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
+        if config.stage_dropout:
+            x = layers.Dropout(config.stage_dropout, name=f"stage{stage}_dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if config.dense_units:
+        x = layers.Dense(config.dense_units, use_bias=False, name="dense")(x)
+        x = layers.BatchNormalization(name="dense_bn")(x)
+        x = layers.ReLU(name="dense_relu")(x)
+    if config.head_dropout:
+        x = layers.Dropout(config.head_dropout, name="head_dropout")(x)
+    logits = layers.Dense(len(LABELS), dtype="float32", name="logits")(x)
+    probabilities = layers.Softmax(dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, probabilities, name="classifier")
+
+
+def build_augmenter(config: AugmentConfig) -> keras.Sequential:
+    """On-the-fly augmentation; active only in training, so it never reaches the export.
+
+    Runs in float32 whatever the precision policy: interpolating pixels in bfloat16 would blur
+    the augmentation for no speed gain.
+    """
+    steps: list[layers.Layer] = []
+    if config.flip:
+        steps.append(layers.RandomFlip("horizontal", dtype="float32"))
+    if config.rotation_degrees:
+        steps.append(
+            layers.RandomRotation(
+                config.rotation_degrees / 360.0, fill_mode="reflect", dtype="float32"
+            )
+        )
+    if config.shift:
+        steps.append(
+            layers.RandomTranslation(
+                config.shift, config.shift, fill_mode="reflect", dtype="float32"
+            )
+        )
+    if config.zoom:
+        steps.append(layers.RandomZoom(config.zoom, fill_mode="reflect", dtype="float32"))
+    if config.contrast:
+        steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255), dtype="float32"))
+    return keras.Sequential(steps, name="augment")
+
+
+def build_training_model(model: ModelConfig, augment: AugmentConfig) -> keras.Model:
+    """Augmentation in front of the classifier; `get_layer("classifier")` gives the part to ship."""
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    classifier = build_classifier(model)
+    return keras.Model(inputs, classifier(build_augmenter(augment)(inputs)), name="trainer")
+
+
+def logits_model(classifier: keras.Model) -> keras.Model:
+    """The classifier up to its `logits` layer."""
+    return keras.Model(classifier.inputs, classifier.get_layer("logits").output)
+
+
+def calibrated_probabilities(
+    logits_fn: keras.Model, images: keras.KerasTensor, temperature: float, flip_tta: bool
+) -> keras.KerasTensor:
+    """The shipped prediction: logits (averaged with the mirror image's), / temperature, softmax.
+
+    One function for validation-time decisions, the exported graph and its parity check, so the
+    numbers chosen on validation are the numbers the service computes.
+    """
+    logits = logits_fn(images, training=False)
+    if flip_tta:
+        logits = (logits + logits_fn(keras.ops.flip(images, axis=2), training=False)) / 2.0
+    return keras.ops.softmax(logits / temperature, axis=-1)

@@ -1,0 +1,342 @@
+"""The story of a training run: config, data, model, fit with checkpoints, then choose the shipped
+prediction on validation (calibration, test-time flip), export and evaluate.
+
+A run directory holds everything a run leaves behind:
+
+    run.json                    config, seed, data fingerprint, best epoch, temperature, flip
+    training_log.csv            one row per epoch (Keras CSVLogger)
+    checkpoint/                 the last epoch's full state, for --resume
+    best_classifier.weights.h5  the classifier at its best validation accuracy
+    emotion.onnx, metrics.json, *.png   the artifact and its evidence
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from service.contract import LABELS
+from training.config import Config, load_config
+from training.errors import RunError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+LOG_FILE = "training_log.csv"
+CHECKPOINT_DIR = "checkpoint"
+BEST_WEIGHTS = "best_classifier.weights.h5"
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str) -> str:
+    """mixed_bfloat16 where the hardware computes in it natively; float32 elsewhere."""
+    if requested != "auto":
+        return requested
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return "mixed_bfloat16" if jax.default_backend() == "gpu" else "float32"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def prepare_run_dir(out: Path, resume: bool) -> None:
+    has_checkpoint = (out / CHECKPOINT_DIR).exists()
+    if resume and not has_checkpoint:
+        raise RunError(f"--resume: {out} holds no checkpoint to resume from")
+    if not resume and (has_checkpoint or (out / RUN_FILE).exists()):
+        raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def class_weights(y: np.ndarray, power: float) -> np.ndarray:
+    """(mean count / class count) ** power, per class: 0 ignores imbalance, 1 fully inverts it."""
+    counts = np.bincount(y, minlength=len(LABELS)).astype(np.float64)
+    return (counts.mean() / np.maximum(counts, 1)) ** power
+
+
+def one_hot(y: np.ndarray) -> np.ndarray:
+    return np.eye(len(LABELS), dtype=np.float32)[y]
+
+
+def as_images(x: np.ndarray) -> np.ndarray:
+    """uint8 N x 48 x 48 -> float32 N x 48 x 48 x 1 raw pixels, the model's input."""
+    return x[..., None].astype(np.float32)
+
+
+# --- the model and its optimiser ----------------------------------------------------------------
+
+
+def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    t = config.train
+    if t.schedule == "cosine":
+        warmup = t.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=t.learning_rate / 10 if warmup else t.learning_rate,
+            decay_steps=t.epochs * steps_per_epoch - warmup,
+            alpha=0.0,
+            warmup_target=t.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    else:
+        learning_rate = t.learning_rate
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
+        )
+    return keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
+
+
+def make_callbacks(config: Config, out: Path, best_so_far: float) -> list[keras.callbacks.Callback]:
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / CHECKPOINT_DIR), delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
+        SaveBestClassifier(out / BEST_WEIGHTS, best_so_far),
+        EpochReport(config.train.epochs),
+    ]
+    if config.train.schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, verbose=1)
+        )
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", patience=config.train.early_stopping_patience
+            )
+        )
+    return callbacks
+
+
+class SaveBestClassifier(keras.callbacks.Callback):
+    """Keep the classifier's weights from the epoch with the best validation accuracy.
+
+    Unlike ModelCheckpoint it starts from the best accuracy already logged, so a resumed run
+    does not overwrite a better earlier epoch with its first one.
+    """
+
+    def __init__(self, path: Path, best: float) -> None:
+        super().__init__()
+        self.path, self.best = path, best
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        accuracy = (logs or {}).get("val_accuracy", -1.0)
+        if accuracy > self.best:
+            self.best = accuracy
+            self.model.get_layer("classifier").save_weights(str(self.path))
+
+
+class EpochReport(keras.callbacks.Callback):
+    """One line per epoch with the numbers that matter and the time left for the whole run."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.started, self.first_epoch = time.monotonic(), None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        done = epoch - self.first_epoch + 1
+        per_epoch = (time.monotonic() - self.started) / done
+        remaining = per_epoch * (self.epochs - epoch - 1)
+        log.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.0f s/epoch  ETA %s",
+            epoch + 1,
+            self.epochs,
+            logs.get("loss", float("nan")),
+            logs.get("accuracy", float("nan")),
+            logs.get("val_loss", float("nan")),
+            logs.get("val_accuracy", float("nan")),
+            per_epoch,
+            time.strftime("%H:%M:%S", time.gmtime(remaining)),
+        )
+
+
+def best_logged_accuracy(out: Path) -> float:
+    path = out / LOG_FILE
+    if not path.exists():
+        return -1.0
+    with path.open() as handle:
+        values = [float(row["val_accuracy"]) for row in csv.DictReader(handle) if row]
+    return max(values, default=-1.0)
+
+
+# --- after fitting: choose the shipped prediction on validation ---------------------------------
+
+
+def load_float32_classifier(config: Config, weights: Path):
+    """Rebuild the classifier in float32 and load trained weights into it.
+
+    A graph traced under mixed_bfloat16 converts to ONNX ops that onnxruntime refuses; the same
+    architecture in float32 with the trained (float32-stored) weights converts cleanly.
+    """
+    from training.model import build_classifier
+
+    keras.mixed_precision.set_dtype_policy("float32")
+    classifier = build_classifier(config.model)
+    classifier.load_weights(str(weights))
+    return classifier
+
+
+def validation_logits(classifier, x: np.ndarray, flip: bool, batch_size: int = 256) -> np.ndarray:
+    from training.model import logits_model
+
+    logits_fn = logits_model(classifier)
+    images = as_images(x)
+    if flip:
+        images = images[:, :, ::-1, :]
+    return np.asarray(logits_fn.predict(images, batch_size=batch_size, verbose=0), np.float64)
+
+
+def choose_prediction(config: Config, classifier, validation) -> dict[str, Any]:
+    """Decide flip averaging and fit the softmax temperature, on validation only."""
+    from training.calibrate import fit_temperature
+
+    plain = validation_logits(classifier, validation.x, flip=False)
+    mirrored = validation_logits(classifier, validation.x, flip=True)
+    averaged = (plain + mirrored) / 2
+    accuracy_plain = float((plain.argmax(1) == validation.y).mean())
+    accuracy_flip = float((averaged.argmax(1) == validation.y).mean())
+    flip_tta = {"on": True, "off": False}.get(config.train.flip_tta, accuracy_flip > accuracy_plain)
+    logits = averaged if flip_tta else plain
+    temperature = fit_temperature(logits, validation.y) if config.train.calibrate else 1.0
+    log.info(
+        "validation accuracy %.4f plain, %.4f with flip averaging -> flip_tta=%s; temperature %.3f",
+        accuracy_plain,
+        accuracy_flip,
+        flip_tta,
+        temperature,
+    )
+    return {
+        "flip_tta": flip_tta,
+        "temperature": temperature,
+        "validation_accuracy_plain": accuracy_plain,
+        "validation_accuracy_flip": accuracy_flip,
+    }
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def write_run_file(out: Path, record: dict[str, Any]) -> None:
+    path = out / RUN_FILE
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.update(record)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(
+    data: Path,
+    out: Path,
+    config_path: Path | None = None,
+    epochs: int | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+    seed: int = 1337,
+) -> Path:
+    """From data to `out/emotion.onnx` with its evidence; returns the model's path."""
+    config = load_config(config_path)
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs)).validate()
+    out = Path(out)
+    prepare_run_dir(out, resume)
+
+    from training.data import load_dataset
+
+    dataset = load_dataset(Path(data), config.train.validation_fraction, seed, limit)
+    log.info(
+        "data %s (sha256 %s…): train %d, validation %d, test %d",
+        data,
+        dataset.sha256[:12],
+        len(dataset.train),
+        len(dataset.validation),
+        len(dataset.test),
+    )
+    log.info("train per class: %s", dataset.train.class_counts())
+
+    from training.model import build_training_model
+
+    keras.utils.set_random_seed(seed)
+    precision = choose_precision(config.train.precision)
+    keras.mixed_precision.set_dtype_policy(precision)
+    log.info("Keras %s on %s, precision %s", keras.__version__, keras.backend.backend(), precision)
+
+    model = build_training_model(config.model, config.augment)
+    steps_per_epoch = int(np.ceil(len(dataset.train) / config.train.batch_size))
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    log.info("model: %d parameters", model.count_params())
+    write_run_file(
+        out,
+        {
+            "config": config.to_dict(),
+            "seed": seed,
+            "limit": limit,
+            "data": {"source": str(data), "sha256": dataset.sha256},
+            "precision": precision,
+            "backend": keras.backend.backend(),
+            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores",
+        },
+    )
+
+    weights = class_weights(dataset.train.y, config.train.class_weight_power)
+    log.info("class weights: %s", dict(zip(LABELS, np.round(weights, 3).tolist(), strict=True)))
+    started = time.monotonic()
+    model.fit(
+        as_images(dataset.train.x),
+        one_hot(dataset.train.y),
+        sample_weight=weights[dataset.train.y].astype(np.float32),
+        validation_data=(as_images(dataset.validation.x), one_hot(dataset.validation.y)),
+        epochs=config.train.epochs,
+        batch_size=config.train.batch_size,
+        shuffle=True,
+        callbacks=make_callbacks(config, out, best_logged_accuracy(out)),
+        verbose=2 if not os.isatty(1) else 1,
+    )
+    elapsed = time.monotonic() - started
+
+    classifier = load_float32_classifier(config, out / BEST_WEIGHTS)
+    prediction = choose_prediction(config, classifier, dataset.validation)
+    write_run_file(
+        out,
+        {
+            "prediction": prediction,
+            "best_validation_accuracy": best_logged_accuracy(out),
+            "fit_seconds_last_session": round(elapsed, 1),
+        },
+    )
+
+    from training.evaluate import evaluate_model
+    from training.export import export_run, stamp_metrics
+
+    model_path = export_run(out, out, dataset.test)
+    metrics = evaluate_model(model_path, dataset.test, out, history=out / LOG_FILE)
+    stamp_metrics(model_path, metrics)
+    return model_path
