@@ -1,0 +1,106 @@
+"""The FastAPI app: lifespan (load the model, warm it up), routes, limits and error handlers.
+
+`service.app:app` is built from the environment's settings; `create_app` builds one from given
+settings (and, optionally, a model already loaded by `python -m service`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from service.deps import ServiceState
+from service.faces import FaceDetector
+from service.images import ImageLimits
+from service.model import EmotionModel
+from service.pipeline import EmotionPipeline
+from service.routes import predict, status
+from service.settings import Settings
+from service.uploads import MULTIPART_OVERHEAD, BodySizeLimit
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Upload an image; for every face in it, get where the face is and how likely each of seven
+emotions is (angry, disgust, fear, happy, neutral, sad, surprise).
+
+Faces are found with OpenCV, cut out as 48x48 grayscale crops the way the model was trained
+(the model file carries that contract), and classified by a CNN trained on FER2013, run with
+onnxruntime.
+
+Every client mistake is answered with a 4xx status and a JSON body `{"detail": ...}`.
+"""
+
+
+def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = ServiceState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(_start, state, model)
+        log.info(
+            "serving model %s from %s (%s)",
+            state.model.model_id[:12],
+            state.model.path,
+            state.model.contract,
+        )
+        yield
+        state.ready = False
+
+    app = FastAPI(
+        title="Facial emotion recognition",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.add_middleware(
+        BodySizeLimit,
+        limits={
+            "/predict": settings.max_upload_bytes + MULTIPART_OVERHEAD,
+            "/predict/batch": settings.max_batch_bytes,
+        },
+    )
+    app.include_router(predict.router)
+    app.include_router(status.router)
+    app.add_exception_handler(Exception, _unexpected)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def _start(state: ServiceState, model: EmotionModel | None) -> None:
+    """Load (unless given) and warm up the model, build the pipeline, then declare ready."""
+    settings = state.settings
+    if model is None:
+        model = EmotionModel.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
+    detector = FaceDetector(
+        max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels
+    )
+    limits = ImageLimits(
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_image_pixels,
+        max_aspect_ratio=settings.max_aspect_ratio,
+    )
+    state.model = model
+    state.pipeline = EmotionPipeline(model, detector, limits, settings.worker_threads)
+    state.ready = True
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "internal error: the service logged it; please report it"}, status_code=500
+    )
+
+
+app = create_app()

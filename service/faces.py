@@ -1,0 +1,124 @@
+"""Grayscale image -> face boxes -> square crops of the contract's size (OpenCV).
+
+Faces are searched with OpenCV's frontal-face Haar cascade on a shrunk copy of the image (speed
+depends on that copy, not on the upload) and the boxes are mapped back to full resolution. A
+crop is the square around a box's centre, scaled by the contract's `crop_margin`; where it runs
+past the image edge the edge pixels are repeated. Crops are taken from the full-resolution image.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CASCADE_FILE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A rectangle in pixels of the upright image; `x`, `y` is its top-left corner."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+
+class FaceDetector:
+    """The Haar cascade, loaded once and shared by every request."""
+
+    def __init__(self, *, max_side: int = 640, min_face_pixels: int = 24) -> None:
+        self.max_side = max_side
+        self.min_face_pixels = min_face_pixels
+        self._cascade = cv2.CascadeClassifier(str(CASCADE_FILE))
+        if self._cascade.empty():
+            raise RuntimeError(f"OpenCV could not load its face cascade from {CASCADE_FILE}")
+        # One classifier object is not documented as safe to call from several threads at once;
+        # detectMultiScale already spreads its work over the cores, so serialising costs little.
+        self._lock = threading.Lock()
+
+    def detect(self, gray: np.ndarray, max_faces: int) -> list[FaceBox]:
+        """At most `max_faces` faces in `gray`, largest first (ties: top to bottom, then left)."""
+        height, width = gray.shape
+        scale = min(1.0, self.max_side / max(height, width))
+        small = gray
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        small = cv2.equalizeHist(small)
+        minimum = (self.min_face_pixels, self.min_face_pixels)
+        with self._lock:
+            found = self._cascade.detectMultiScale(
+                small, scaleFactor=1.1, minNeighbors=5, minSize=minimum
+            )
+        boxes = [_scale_back(box, scale, width, height) for box in np.asarray(found).reshape(-1, 4)]
+        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
+        return boxes[:max_faces]
+
+
+def _scale_back(box: np.ndarray, scale: float, width: int, height: int) -> FaceBox:
+    x, y, w, h = (float(value) / scale for value in box)
+    left, top = max(0, round(x)), max(0, round(y))
+    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+    return FaceBox(left, top, right - left, bottom - top)
+
+
+def crop_face(gray: np.ndarray, box: FaceBox, *, margin: float, size: int) -> np.ndarray:
+    """The square around `box`'s centre, its side `margin` times the box's longer side."""
+    side = max(1, round(max(box.width, box.height) * margin))
+    centre_x = box.x + box.width / 2
+    centre_y = box.y + box.height / 2
+    return crop_square(gray, centre_x, centre_y, side, size)
+
+
+def crop_whole_image(gray: np.ndarray, *, size: int) -> np.ndarray:
+    """The whole image as one face: centred in a square of its longer side, without distortion."""
+    height, width = gray.shape
+    return crop_square(gray, width / 2, height / 2, max(width, height), size)
+
+
+def crop_square(
+    gray: np.ndarray, centre_x: float, centre_y: float, side: int, size: int
+) -> np.ndarray:
+    """A `size` x `size` picture of the square `side` wide centred at (`centre_x`, `centre_y`).
+
+    The part inside the image is resized first and the rest is padded afterwards by repeating
+    edge pixels, so a huge square (the whole of a long panorama) never exists at full size.
+    """
+    height, width = gray.shape
+    left = math.floor(centre_x - side / 2)
+    top = math.floor(centre_y - side / 2)
+    inside_left, inside_top = max(0, left), max(0, top)
+    inside_right, inside_bottom = min(width, left + side), min(height, top + side)
+    if inside_right <= inside_left or inside_bottom <= inside_top:
+        raise ValueError(f"square at ({centre_x}, {centre_y}) side {side} misses the image")
+    inside = gray[inside_top:inside_bottom, inside_left:inside_right]
+
+    scale = size / side
+    pad_left = min(size - 1, round((inside_left - left) * scale))
+    pad_top = min(size - 1, round((inside_top - top) * scale))
+    inside_width = max(1, min(size - pad_left, round(inside.shape[1] * scale)))
+    inside_height = max(1, min(size - pad_top, round(inside.shape[0] * scale)))
+    shrinking = inside_width < inside.shape[1] or inside_height < inside.shape[0]
+    resized = cv2.resize(
+        inside,
+        (inside_width, inside_height),
+        interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+    )
+    return cv2.copyMakeBorder(
+        resized,
+        pad_top,
+        size - pad_top - inside_height,
+        pad_left,
+        size - pad_left - inside_width,
+        cv2.BORDER_REPLICATE,
+    )

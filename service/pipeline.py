@@ -1,0 +1,107 @@
+"""Uploaded files -> answers: decode, find faces, crop, one batched inference, assemble.
+
+The one path every endpoint takes. It is synchronous and CPU-bound; `EmotionPipeline.run` moves
+it off the event loop onto a bounded pool of worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from service.faces import FaceBox, FaceDetector, crop_face, crop_whole_image
+from service.images import ImageLimits, ImageRejected, decode_grayscale
+from service.model import EmotionModel
+from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileError, Prediction
+
+PROBABILITY_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class _FacesInImage:
+    width: int
+    height: int
+    boxes: list[FaceBox]
+    detected: bool
+    crops: list[np.ndarray]
+
+
+@dataclass
+class EmotionPipeline:
+    model: EmotionModel
+    detector: FaceDetector
+    limits: ImageLimits
+    worker_threads: int = 4
+
+    def __post_init__(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.worker_threads)
+
+    async def run(
+        self, uploads: Sequence[bytes | ImageRejected], detect: DetectMode, max_faces: int
+    ) -> list[Prediction | FileError]:
+        """`predict` in a worker thread; at most `worker_threads` run at once, the rest queue."""
+        return await anyio.to_thread.run_sync(
+            self.predict, uploads, detect, max_faces, limiter=self._limiter
+        )
+
+    def predict(
+        self, uploads: Sequence[bytes | ImageRejected], detect: DetectMode, max_faces: int
+    ) -> list[Prediction | FileError]:
+        """One answer per upload, in order. An upload that was already refused while it was read
+        (an `ImageRejected`), or that cannot be decoded, becomes a `FileError` and spoils nothing
+        else. The faces of all images go through one inference call."""
+        found: list[_FacesInImage | FileError] = []
+        for upload in uploads:
+            try:
+                if isinstance(upload, ImageRejected):
+                    raise upload
+                gray = decode_grayscale(upload, self.limits)
+            except ImageRejected as rejected:
+                found.append(FileError(detail=rejected.detail, status=rejected.status_code))
+                continue
+            found.append(self._faces(gray, detect, max_faces))
+
+        crops = [
+            crop for image in found if isinstance(image, _FacesInImage) for crop in image.crops
+        ]
+        size = self.model.contract.input_size
+        batch = np.stack(crops) if crops else np.empty((0, size, size), np.uint8)
+        probabilities = iter(self.model.predict(batch))
+        return [
+            image if isinstance(image, FileError) else self._answer(image, probabilities)
+            for image in found
+        ]
+
+    def _faces(self, gray: np.ndarray, detect: DetectMode, max_faces: int) -> _FacesInImage:
+        height, width = gray.shape
+        size, margin = self.model.contract.input_size, self.model.contract.crop_margin
+        if detect is not DetectMode.never:
+            boxes = self.detector.detect(gray, max_faces)
+            if boxes or detect is DetectMode.always:
+                crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
+                return _FacesInImage(width, height, boxes, True, crops)
+        whole = FaceBox(0, 0, width, height)
+        return _FacesInImage(width, height, [whole], False, [crop_whole_image(gray, size=size)])
+
+    def _answer(self, image: _FacesInImage, probabilities: Iterator[np.ndarray]) -> Prediction:
+        labels = self.model.labels
+        faces = []
+        for box in image.boxes:
+            row = [round(float(p), PROBABILITY_DECIMALS) for p in next(probabilities)]
+            best = int(np.argmax(row))
+            faces.append(
+                Face(
+                    box=Box(x=box.x, y=box.y, width=box.width, height=box.height),
+                    detected=image.detected,
+                    emotion=labels[best],
+                    confidence=row[best],
+                    probabilities=EmotionProbabilities(**dict(zip(labels, row, strict=True))),
+                )
+            )
+        return Prediction(
+            faces=faces, width=image.width, height=image.height, model=self.model.model_id
+        )

@@ -1,0 +1,115 @@
+"""Emotions of the faces in uploaded images."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+
+from service.deps import PipelineDep, SettingsDep
+from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
+from service.uploads import read_upload
+
+router = APIRouter(tags=["emotions"])
+
+FORMATS = "JPEG, PNG, WebP, BMP or TIFF; 8- or 16-bit; grayscale, RGB or RGBA"
+
+DetectQuery = Annotated[
+    DetectMode,
+    Query(
+        description="`auto`: find faces, and when none is found classify the whole image as one "
+        "face. `always`: find faces; none found gives an empty list. `never`: the image is "
+        "already a face crop (as in FER2013): classify it whole."
+    ),
+]
+MaxFacesQuery = Annotated[
+    int, Query(ge=1, le=100, description="Most faces to answer, the largest first.")
+]
+
+
+def _error(description: str, example: str) -> dict[str, Any]:
+    return {
+        "model": ErrorDetail,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": example}}},
+    }
+
+
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("Empty, truncated or corrupt image.", "the uploaded file is empty"),
+    413: _error(
+        "The file is over MAX_UPLOAD_BYTES, or its header claims more than MAX_IMAGE_PIXELS.",
+        "the image is 100000x100000 = 10000000000 pixels; the limit is 50000000: "
+        "send a smaller image",
+    ),
+    415: _error(
+        "Not a supported image (SVG, HTML, zip, GIF, PDF...).",
+        "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF",
+    ),
+    422: _error(
+        "A missing `file` field, a bad query parameter, or an absurd aspect ratio "
+        "(over MAX_ASPECT_RATIO).",
+        "the image is 4000x100: its aspect ratio 40.0 is over the limit of 20",
+    ),
+    503: _error("The model is not loaded yet; retry after `Retry-After` seconds.", "loading"),
+}
+
+
+@router.post(
+    "/predict",
+    summary="Emotions of the faces in one image",
+    responses=UPLOAD_ERRORS,
+)
+async def predict(
+    file: Annotated[UploadFile, File(description=f"The image: {FORMATS}.")],
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    detect: DetectQuery = DetectMode.auto,
+    max_faces: MaxFacesQuery = 20,
+) -> Prediction:
+    """Every face in the image, largest first: where it is, the most probable emotion and the
+    probability of each of the seven. EXIF orientation is honoured: boxes, `width` and `height`
+    are those of the image as a viewer shows it."""
+    upload = await read_upload(file, settings.max_upload_bytes)
+    (result,) = await pipeline.run([upload], detect, max_faces)
+    if isinstance(result, FileError):
+        raise HTTPException(status_code=result.status, detail=result.detail)
+    return result
+
+
+@router.post(
+    "/predict/batch",
+    summary="Emotions of the faces in several images",
+    responses={
+        413: _error(
+            "The whole request is over MAX_BATCH_BYTES.",
+            "the request body is over the limit of 67108864 bytes: send a smaller file",
+        ),
+        422: _error(
+            "No `files` field, more files than MAX_BATCH_FILES, or a bad query parameter.",
+            "send at most 32 files per batch (MAX_BATCH_FILES)",
+        ),
+        503: UPLOAD_ERRORS[503],
+    },
+)
+async def predict_batch(
+    files: Annotated[
+        list[UploadFile],
+        File(description=f"The images, 1 to MAX_BATCH_FILES (default 32): {FORMATS}."),
+    ],
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    detect: DetectQuery = DetectMode.auto,
+    max_faces: MaxFacesQuery = 20,
+) -> BatchPrediction:
+    """One result per file, in upload order: the answer `/predict` would give, or, for a file
+    that cannot be used, its `detail` and `status`; a bad file spoils nothing else. The faces of
+    all the images go through one batched inference."""
+    if len(files) > settings.max_batch_files:
+        raise HTTPException(
+            status_code=422,
+            detail=f"send at most {settings.max_batch_files} files per batch (MAX_BATCH_FILES); "
+            f"this request has {len(files)}",
+        )
+    uploads = [await read_upload(file, settings.max_upload_bytes) for file in files]
+    return BatchPrediction(results=await pipeline.run(uploads, detect, max_faces))

@@ -1,0 +1,76 @@
+"""The service's one settings object, read from environment variables (names are case-insensitive).
+
+Every field here is an environment variable of the same name in upper case (`MODEL_PATH`,
+`PORT`, ...); the README's configuration table is checked against this class by the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root, or `/app` in the Docker image: both hold `service/` and `artifacts/`."""
+
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "artifacts" / "emotion.onnx"
+
+MEGABYTE = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH,
+        description="The ONNX model to serve; it must carry the emotion contract in its metadata.",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in Docker).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the service and uvicorn."
+    )
+
+    max_upload_bytes: int = Field(
+        10 * MEGABYTE, ge=1, description="Largest image file accepted, in bytes (413 above)."
+    )
+    max_batch_bytes: int = Field(
+        64 * MEGABYTE,
+        ge=1,
+        description="Largest whole request body accepted by /predict/batch, in bytes (413 above).",
+    )
+    max_batch_files: int = Field(
+        32, ge=1, le=1000, description="Most files one /predict/batch request may carry."
+    )
+    max_image_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Most pixels (width x height) an image may have; checked on the header, "
+        "before decoding (413 above).",
+    )
+    max_aspect_ratio: float = Field(
+        20.0, ge=1.0, description="Longest side over shortest side allowed (422 above)."
+    )
+
+    detection_max_side: int = Field(
+        640,
+        ge=64,
+        description="Faces are searched on a copy of the image shrunk to at most this many pixels "
+        "on its longest side; boxes are mapped back to the full image.",
+    )
+    min_face_pixels: int = Field(
+        24,
+        ge=12,
+        description="Smallest face side, in pixels of that shrunk copy, that detection reports.",
+    )
+
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime threads per inference; 0 lets onnxruntime choose."
+    )
+    worker_threads: int = Field(
+        4,
+        ge=1,
+        description="Requests analysed at the same time (decode, detect, infer); more wait.",
+    )
