@@ -1,8 +1,9 @@
 """Every choice of a training run, as plain values with defaults, overridden by a TOML file.
 
-A config file has three optional tables, `[model]`, `[augment]` and `[train]`, whose keys are the
-fields below. Unknown keys and bad values are refused before any data is read, so a typo costs
-a second, not a night of training. Trying another architecture means writing another config.
+A config file has four optional tables, `[model]`, `[augment]`, `[train]` and `[export]`,
+whose keys are the fields below. Unknown keys and bad values are refused before any data is
+read, so a typo costs a second, not a night of training. Trying another architecture means
+writing another config.
 """
 
 from __future__ import annotations
@@ -66,16 +67,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    crop_margin: float = 1.0
+    """Scale from a face detector's box to a FER2013-like crop, carried in the contract."""
+    opset: int = 17
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def validate(self) -> Config:
-        m, a, t = self.model, self.augment, self.train
+        m, a, t, e = self.model, self.augment, self.train, self.export
         checks = [
             (len(m.filters) >= 1 and all(f > 0 for f in m.filters), "model.filters: positive ints"),
             (len(m.filters) <= 5, "model.filters: at most 5 stages (48 px halves 5 times)"),
@@ -104,6 +113,8 @@ class Config:
                 "train.precision must be 'auto', 'float32' or 'mixed_bfloat16'",
             ),
             (t.flip_tta in ("auto", "on", "off"), "train.flip_tta must be 'auto', 'on' or 'off'"),
+            (0.5 <= e.crop_margin <= 3.0, "export.crop_margin must be in [0.5, 3.0]"),
+            (13 <= e.opset <= 21, "export.opset must be in [13, 21]"),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:
@@ -111,7 +122,12 @@ class Config:
         return self
 
 
-SECTIONS = {"model": ModelConfig, "augment": AugmentConfig, "train": TrainConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "augment": AugmentConfig,
+    "train": TrainConfig,
+    "export": ExportConfig,
+}
 
 
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:

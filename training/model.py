@@ -99,7 +99,12 @@ def calibrated_probabilities(
     One function for validation-time decisions, the exported graph and its parity check, so the
     numbers chosen on validation are the numbers the service computes.
     """
-    logits = logits_fn(images, training=False)
     if flip_tta:
-        logits = (logits + logits_fn(keras.ops.flip(images, axis=2), training=False)) / 2.0
+        # One batch of 2N (originals, then mirrors) runs faster than two batches of N.
+        mirrored = keras.ops.flip(images, axis=2)
+        both = logits_fn(keras.ops.concatenate([images, mirrored], axis=0), training=False)
+        plain_logits, mirrored_logits = keras.ops.split(both, 2, axis=0)
+        logits = (plain_logits + mirrored_logits) / 2.0
+    else:
+        logits = logits_fn(images, training=False)
     return keras.ops.softmax(logits / temperature, axis=-1)

@@ -1,0 +1,207 @@
+"""A run's best weights -> `emotion.onnx` that the service can load without TensorFlow.
+
+The exported graph is the whole shipped prediction: raw 0-255 pixels in, calibrated (and, if
+validation chose it, flip-averaged) probabilities out. It carries the contract and its own
+provenance in the ONNX metadata, and it is only written after onnxruntime has been shown to
+agree with Keras on real faces, under a temporary name renamed into place, so an interrupted or
+failed export never leaves a model where the service would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.contract import LABELS, METADATA_KEY, ModelContract
+from training.config import config_from_dict
+from training.data import Split
+from training.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "emotion.onnx"
+OUTPUT_NAME = "probabilities"
+PARITY_TOLERANCE = 1e-4
+"""Largest allowed difference between Keras and onnxruntime probabilities."""
+PARITY_IMAGES = 64
+
+
+def code_version() -> str:
+    """The training code's git revision (with `-dirty` for uncommitted changes), if known."""
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def convert(classifier, temperature: float, flip_tta: bool, opset: int):
+    """Trace the shipped prediction with TensorFlow and convert it with tf2onnx."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from training.model import calibrated_probabilities, logits_model
+
+    logits_fn = logits_model(classifier)
+    signature = (tf.TensorSpec((None, *classifier.input_shape[1:]), tf.float32, name="image"),)
+
+    @tf.function(input_signature=signature)
+    def predict(images):
+        return calibrated_probabilities(logits_fn, images, temperature, flip_tta)
+
+    model_proto, _ = tf2onnx.convert.from_function(predict, input_signature=signature, opset=opset)
+    _rename_output(model_proto, OUTPUT_NAME)
+    keras_reference = lambda images: np.asarray(predict(images))  # noqa: E731
+    return model_proto, keras_reference
+
+
+def _rename_output(model_proto, name: str) -> None:
+    """Give the graph's single output a name a reader recognises instead of `Identity:0`."""
+    import onnx
+
+    graph = model_proto.graph
+    (output,) = graph.output
+    graph.node.append(onnx.helper.make_node("Identity", [output.name], [name]))
+    output.name = name
+
+
+def check_parity(model_bytes: bytes, keras_reference, images: np.ndarray) -> float:
+    """Max |Keras - onnxruntime| over real faces; refuses the export above the tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    batch = images[..., None].astype(np.float32)
+    expected = keras_reference(batch)
+    actual = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: batch})[0]
+    if actual.shape != (len(batch), len(LABELS)):
+        raise ExportError(
+            f"the exported graph answers shape {actual.shape}, not (N, {len(LABELS)})"
+        )
+    difference = float(np.abs(expected - actual).max())
+    if not np.isfinite(difference) or difference > PARITY_TOLERANCE:
+        raise ExportError(
+            f"parity check failed: onnxruntime and Keras differ by {difference:.2e} "
+            f"(tolerance {PARITY_TOLERANCE:.0e}); the model was not written"
+        )
+    return difference
+
+
+def set_metadata(model_proto, entries: dict[str, str]) -> None:
+    existing = {prop.key: prop for prop in model_proto.metadata_props}
+    for key, value in entries.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            model_proto.metadata_props.add(key=key, value=value)
+
+
+def write_atomically(model_proto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(
+            descriptor, 0o644
+        )  # mkstemp makes it owner-only; the service may run as another user
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(model_proto.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def export_run(
+    run_dir: Path, out_dir: Path, parity: Split, crop_margin: float | None = None
+) -> Path:
+    """Export `run_dir`'s best classifier to `out_dir/emotion.onnx`; returns that path."""
+    from training.train import BEST_WEIGHTS, RUN_FILE, load_float32_classifier
+
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.exists():
+        raise ExportError(f"{run_dir} is not a run directory: it has no {RUN_FILE}")
+    record: dict[str, Any] = json.loads(run_file.read_text())
+    if "prediction" not in record or not (Path(run_dir) / BEST_WEIGHTS).exists():
+        raise ExportError(f"{run_dir} has not finished training: run `train --resume` on it")
+    config = config_from_dict(record["config"])
+    prediction = record["prediction"]
+    contract = ModelContract(
+        crop_margin=crop_margin if crop_margin is not None else config.export.crop_margin
+    )
+
+    classifier = load_float32_classifier(config, Path(run_dir) / BEST_WEIGHTS)
+    model_proto, keras_reference = convert(
+        classifier, prediction["temperature"], prediction["flip_tta"], config.export.opset
+    )
+    set_metadata(
+        model_proto,
+        {
+            METADATA_KEY: contract.to_json(),
+            "emotion_config": json.dumps(record["config"], sort_keys=True),
+            "emotion_dataset_sha256": record["data"]["sha256"],
+            "emotion_created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "emotion_code_version": code_version(),
+            "emotion_training": json.dumps(
+                {
+                    key: record.get(key)
+                    for key in ("seed", "limit", "precision", "backend", "machine")
+                }
+                | {"prediction": prediction},
+                sort_keys=True,
+            ),
+            "emotion_metrics": json.dumps(
+                {"validation": {"accuracy": record.get("best_validation_accuracy")}}
+            ),
+        },
+    )
+    model_proto.producer_name = "emotion-training"
+    difference = check_parity(
+        model_proto.SerializeToString(), keras_reference, parity.x[:PARITY_IMAGES]
+    )
+    log.info(
+        "parity: max |Keras - onnxruntime| = %.2e over %d faces",
+        difference,
+        len(parity.x[:PARITY_IMAGES]),
+    )
+    path = Path(out_dir) / MODEL_FILE
+    write_atomically(model_proto, path)
+    log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return path
+
+
+def stamp_metrics(model_path: Path, metrics: dict[str, Any]) -> None:
+    """Add the test metrics to the model's own metadata, so `GET /model` can report them."""
+    import onnx
+
+    model_proto = onnx.load(str(model_path))
+    carried = json.loads(
+        {p.key: p.value for p in model_proto.metadata_props}.get("emotion_metrics", "{}")
+    )
+    carried["test"] = {
+        key: metrics[key]
+        for key in (
+            "split",
+            "images",
+            "accuracy",
+            "macro_f1",
+            "expected_calibration_error",
+            "per_class",
+        )
+    }
+    set_metadata(model_proto, {"emotion_metrics": json.dumps(carried, sort_keys=True)})
+    write_atomically(model_proto, Path(model_path))
