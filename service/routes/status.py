@@ -43,6 +43,9 @@ def ready(state: StateDep, response: Response) -> Readiness:
     responses={503: {"model": ErrorDetail, "description": "The model is not loaded yet."}},
 )
 def model_info(model: ModelDep) -> ModelInfo:
+    """The model being served: its labels in output order, input shape, id (sha256 of the ONNX
+    file, the same id every prediction carries), the preprocessing contract, and what training
+    recorded in the artifact (metrics, configuration, dataset hash, date, code version)."""
     contract = model.contract
     return ModelInfo(
         id=model.model_id,

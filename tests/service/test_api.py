@@ -1,0 +1,218 @@
+"""Every endpoint through the real app, as a client sees it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.contract import LABELS
+from service.model import EmotionModel
+from service.settings import Settings
+from tests.service.conftest import encode
+
+
+def assert_face_answer(face: dict) -> None:
+    probabilities = face["probabilities"]
+    assert list(probabilities) == list(LABELS)
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert face["emotion"] == max(probabilities, key=probabilities.get)
+    assert face["confidence"] == probabilities[face["emotion"]]
+
+
+def test_health_answers_before_the_model_is_loaded(model_path):
+    unstarted = TestClient(create_app(Settings(model_path=model_path)))  # no lifespan run
+    assert unstarted.get("/health").json() == {"status": "ok"}
+    ready = unstarted.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "loading", "model": None}
+    assert ready.headers["retry-after"]
+    for response in (
+        unstarted.get("/model"),
+        unstarted.post("/predict", files={"file": ("a.png", encode(np.zeros((9, 9), np.uint8)))}),
+    ):
+        assert response.status_code == 503
+        assert "not loaded yet" in response.json()["detail"]
+
+
+def test_ready_after_loading_and_warm_up(client, model_path):
+    model_id = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "model": model_id}
+
+
+def test_model_describes_labels_input_id_and_training_metrics(client, model_path):
+    info = client.get("/model").json()
+    assert info["id"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    assert info["labels"] == list(LABELS)
+    assert info["input_shape"] == [None, 48, 48, 1]
+    assert info["contract"] == {
+        "input_size": 48,
+        "pixel_scale": 1.0,
+        "crop_margin": 1.0,
+        "version": 1,
+    }
+    assert info["metrics"] == {"test_accuracy": 0.5, "test_macro_f1": 0.4}
+    assert info["dataset_sha256"] == "0" * 64
+
+
+def test_model_metrics_are_null_when_the_artifact_has_none(make_client, tmp_path):
+    from tests.service.onnx_models import build_emotion_model
+
+    bare = build_emotion_model(tmp_path / "bare.onnx", metadata={})
+    with make_client(model_path=bare) as bare_client:
+        info = bare_client.get("/model").json()
+    assert info["metrics"] is None and info["created"] is None
+
+
+def test_predict_finds_the_face_in_the_portrait(client, portrait_bytes, model_path):
+    response = client.post("/predict", files={"file": ("portrait.jpg", portrait_bytes)})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["width"] == 512 and answer["height"] == 512
+    assert answer["model"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    (face,) = answer["faces"]
+    assert face["detected"] is True
+    box = face["box"]
+    assert abs(box["x"] + box["width"] / 2 - 224) < 10
+    assert abs(box["y"] + box["height"] / 2 - 113) < 10
+    assert_face_answer(face)
+
+
+def test_predict_answers_what_the_model_says_for_the_face_crop(
+    client, portrait_bytes, portrait_gray, model_path
+):
+    from service.faces import FaceBox, crop_face
+
+    face = client.post("/predict", files={"file": portrait_bytes}).json()["faces"][0]
+    box = FaceBox(**face["box"])
+    crop = crop_face(portrait_gray, box, margin=1.0, size=48)
+    expected = EmotionModel.load(model_path).predict(crop[None])[0]
+    assert list(face["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_faces_come_largest_first_and_max_faces_limits_them(client, two_faces):
+    faces = client.post("/predict", files={"file": two_faces}).json()["faces"]
+    assert len(faces) == 2
+    areas = [face["box"]["width"] * face["box"]["height"] for face in faces]
+    assert areas[0] > areas[1]
+    only = client.post("/predict?max_faces=1", files={"file": two_faces}).json()["faces"]
+    assert only == faces[:1]
+
+
+def test_detect_modes(client, portrait_bytes):
+    blank = encode(np.full((120, 200), 128, np.uint8))
+    auto = client.post("/predict", files={"file": blank}).json()
+    (whole,) = auto["faces"]
+    assert whole["detected"] is False
+    assert whole["box"] == {"x": 0, "y": 0, "width": 200, "height": 120}
+    assert_face_answer(whole)
+
+    always = client.post("/predict?detect=always", files={"file": blank}).json()
+    assert always["faces"] == [] and always["width"] == 200
+
+    never = client.post("/predict?detect=never", files={"file": portrait_bytes}).json()
+    (face,) = never["faces"]
+    assert face["detected"] is False
+    assert face["box"] == {"x": 0, "y": 0, "width": 512, "height": 512}
+
+
+def test_fer2013_style_crop_is_classified_whole(client, portrait_gray):
+    crop = np.asarray(Image.fromarray(portrait_gray[66:161, 177:272]).resize((48, 48)))
+    answer = client.post("/predict?detect=never", files={"file": encode(crop)}).json()
+    assert answer["width"] == 48 and len(answer["faces"]) == 1
+
+
+def test_boxes_are_in_the_upright_image_of_an_exif_rotated_photo(client, portrait):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated: display needs 90 degrees counter-clockwise
+    stored = portrait.transpose(Image.Transpose.ROTATE_270).crop((0, 0, 512, 400))
+    data = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    answer = client.post("/predict", files={"file": data}).json()
+    assert (answer["width"], answer["height"]) == (400, 512)
+    (face,) = answer["faces"]
+    assert face["detected"] is True  # the cascade only finds upright faces
+
+
+def test_batch_answers_each_file_in_order_and_a_bad_file_spoils_nothing(
+    client, portrait_bytes, two_faces
+):
+    files = [
+        ("files", ("a.jpg", portrait_bytes)),
+        ("files", ("b.txt", b"not an image")),
+        ("files", ("c.png", two_faces)),
+        ("files", ("d.png", b"")),
+    ]
+    response = client.post("/predict/batch", files=files)
+    assert response.status_code == 200
+    first, bad, second, empty = response.json()["results"]
+    assert first == client.post("/predict", files={"file": portrait_bytes}).json()
+    assert bad == {
+        "detail": "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF",
+        "status": 415,
+    }
+    assert len(second["faces"]) == 2
+    assert empty == {"detail": "the uploaded file is empty", "status": 400}
+
+
+def test_batch_runs_one_inference_for_all_faces(client, portrait_bytes, two_faces, monkeypatch):
+    model = client.app.state.service.model
+    batches = []
+    real_predict = model.predict
+
+    def counted(crops):
+        batches.append(len(crops))
+        return real_predict(crops)
+
+    monkeypatch.setattr(model, "predict", counted)
+    files = [("files", portrait_bytes), ("files", two_faces), ("files", portrait_bytes)]
+    results = client.post("/predict/batch", files=files).json()["results"]
+    assert [len(result["faces"]) for result in results] == [1, 2, 1]
+    assert batches == [4]
+
+
+def test_batch_file_count_limit(make_client, portrait_bytes):
+    with make_client(max_batch_files=2) as limited:
+        files = [("files", portrait_bytes)] * 3
+        response = limited.post("/predict/batch", files=files)
+        assert response.status_code == 422
+        assert "at most 2 files" in response.json()["detail"]
+        assert limited.post("/predict/batch", files=files[:2]).status_code == 200
+
+
+def test_batch_file_over_the_size_limit_is_413_for_that_file_only(make_client, portrait_bytes):
+    small = encode(np.full((20, 20), 128, np.uint8))
+    with make_client(max_upload_bytes=len(portrait_bytes) - 1) as limited:
+        files = [("files", portrait_bytes), ("files", small)]
+        big, fine = limited.post("/predict/batch", files=files).json()["results"]
+    assert big["status"] == 413 and "limit" in big["detail"]
+    assert len(fine["faces"]) == 1
+
+
+def test_openapi_documents_every_endpoint_with_examples(client):
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    assert {"/predict", "/predict/batch", "/health", "/ready", "/model"} <= set(paths)
+    predict = paths["/predict"]["post"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(predict["responses"])
+    for status in ("400", "413", "415", "422"):
+        assert predict["responses"][status]["content"]["application/json"]["example"]["detail"]
+    parameters = {parameter["name"]: parameter for parameter in predict["parameters"]}
+    assert parameters["max_faces"]["schema"]["maximum"] == 100
+    assert set(schema["components"]["schemas"]["DetectMode"]["enum"]) == {
+        "auto",
+        "always",
+        "never",
+    }
+    assert schema["components"]["schemas"]["Prediction"]["examples"]
+    for path in paths.values():
+        for operation in path.values():
+            assert operation.get("summary") and operation.get("description")
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
