@@ -103,4 +103,10 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     )
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    """`service.app:app` (for `uvicorn service.app:app`), built from the environment on first use,
+    so that importing this module never reads the settings."""
+    if name == "app":
+        globals()["app"] = application = create_app()
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

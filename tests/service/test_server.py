@@ -1,0 +1,160 @@
+"""`python -m service` as a real uvicorn process, talked to over HTTP."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.service.onnx_models import build_emotion_model
+from tests.service.server import running_service, service_env
+
+UPLOAD_LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    with running_service(model_path, settings={"MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)}) as url:
+        yield url
+
+
+def test_predict_over_http(server, portrait_bytes):
+    with httpx.Client(base_url=server, timeout=30) as http:
+        assert http.get("/health").json() == {"status": "ok"}
+        model = http.get("/model").json()
+        response = http.post("/predict", files={"file": ("portrait.jpg", portrait_bytes)})
+        assert response.status_code == 200
+        (face,) = response.json()["faces"]
+        assert face["detected"] is True
+        assert response.json()["model"] == model["id"]
+        batch = http.post("/predict/batch", files=[("files", portrait_bytes)] * 2).json()
+        assert batch["results"] == [response.json()] * 2
+
+
+def test_concurrent_requests_get_the_same_answer(server, portrait_bytes):
+    def predict(_: int) -> dict:
+        response = httpx.post(f"{server}/predict", files={"file": portrait_bytes}, timeout=60)
+        assert response.status_code == 200
+        return response.json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(predict, range(16)))
+    assert all(answer == answers[0] for answer in answers)
+
+
+def _http_response(sock: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    return status, json.loads(body[body.index(b"{") :])
+
+
+def _open(server: str) -> socket.socket:
+    host, port = server.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _multipart_head(boundary: str) -> bytes:
+    return (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+
+
+def test_a_declared_oversize_body_is_refused_before_it_is_sent(server):
+    boundary = "b0undary"
+    with _open(server) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\n"
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+            + f"Content-Length: {50 * UPLOAD_LIMIT}\r\n\r\n".encode()
+            + _multipart_head(boundary)
+        )
+        status, body = _http_response(sock)  # answered with the body still unsent
+    assert status == 413
+    assert "over the limit" in body["detail"]
+
+
+def test_an_oversize_body_of_unknown_length_is_cut_off_while_streaming(server):
+    """Chunked transfer, no Content-Length: the limit is enforced on the bytes as they arrive."""
+    boundary = "b0undary"
+    sent = 0
+    total = 200 * UPLOAD_LIMIT
+    piece = b"\xff" * 65536
+    with _open(server) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+        )
+        head = _multipart_head(boundary)
+        sock.sendall(f"{len(head):x}\r\n".encode() + head + b"\r\n")
+        answered = False
+        try:
+            while sent < total:
+                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                sent += len(piece)
+                if select.select([sock], [], [], 0)[0]:
+                    answered = True
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            answered = True
+        assert answered, "the server read the whole 200 MB body"
+        status, body = _http_response(sock)
+    assert status == 413
+    assert sent < total / 4  # stopped long before the end (socket buffers hold a few MB)
+    assert "over the limit" in body["detail"]
+
+
+def _start_and_fail(model_path, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=service_env(model_path, PORT="1", **settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_refuses_to_start_without_a_model_and_says_how_to_get_one(tmp_path):
+    result = _start_and_fail(tmp_path / "missing.onnx")
+    assert result.returncode == 2
+    assert "no model file at" in result.stderr
+    assert "python -m training train" in result.stderr
+    assert "artifacts/emotion.onnx" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("build", "phrase"),
+    [
+        (lambda path: path.write_bytes(b"garbage" * 100), "not a model onnxruntime can load"),
+        (lambda path: build_emotion_model(path, contract=None), "no 'emotion_contract' metadata"),
+        (lambda path: build_emotion_model(path, labels=5), "does not match its contract"),
+    ],
+    ids=["corrupt", "no-contract", "inconsistent"],
+)
+def test_refuses_to_start_with_an_unusable_model(tmp_path, build, phrase):
+    path = tmp_path / "emotion.onnx"
+    build(path)
+    result = _start_and_fail(path)
+    assert result.returncode == 2
+    assert phrase in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refuses_to_start_with_bad_settings(model_path):
+    result = _start_and_fail(model_path, MAX_UPLOAD_BYTES="lots")
+    assert result.returncode == 2
+    assert "MAX_UPLOAD_BYTES" in result.stderr.upper()
