@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 def service_env(model_path: Path | None, **settings: str) -> dict[str, str]:
-    """The current environment without any service setting, plus `settings`."""
-    env = {key: value for key, value in os.environ.items() if key not in ("HOST", "PORT")}
-    env.pop("MODEL_PATH", None)
+    """The current environment without the service's settings (nor PYTHONPATH: the service must
+    import from its working directory), plus `settings`."""
+    unwanted = {"HOST", "PORT", "MODEL_PATH", "PYTHONPATH"}
+    env = {key: value for key, value in os.environ.items() if key not in unwanted}
     if model_path is not None:
         env["MODEL_PATH"] = str(model_path)
     env.update(settings)
