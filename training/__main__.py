@@ -40,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
     export.add_argument("--out", type=Path, help="where emotion.onnx goes (default: --run)")
     export.add_argument("--data", type=Path, help="data for the parity check (default: the run's)")
+    export.add_argument(
+        "--crop-margin", type=float, help="override the contract's crop margin (see MODEL_CARD.md)"
+    )
     return parser.parse_args(argv)
 
 
@@ -69,14 +72,11 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "export":
         from training.data import load_test_split
-        from training.export import export_run
+        from training.export import export_run, read_run
 
-        data = args.data
-        if data is None:
-            import json
-
-            data = Path(json.loads((args.run / "run.json").read_text())["data"]["source"])
-        path = export_run(args.run, args.out or args.run, load_test_split(data, limit=64))
+        data = args.data or Path(read_run(args.run)["data"]["source"])
+        parity_faces = load_test_split(data, limit=10)
+        path = export_run(args.run, args.out or args.run, parity_faces, args.crop_margin)
         print(f"model written to {path}")
 
 

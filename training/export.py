@@ -126,16 +126,23 @@ def write_atomically(model_proto, path: Path) -> None:
         raise
 
 
-def export_run(
-    run_dir: Path, out_dir: Path, parity: Split, crop_margin: float | None = None
-) -> Path:
-    """Export `run_dir`'s best classifier to `out_dir/emotion.onnx`; returns that path."""
-    from training.train import BEST_WEIGHTS, RUN_FILE, load_float32_classifier
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The record a training run keeps in its `run.json`."""
+    from training.train import RUN_FILE
 
     run_file = Path(run_dir) / RUN_FILE
     if not run_file.exists():
         raise ExportError(f"{run_dir} is not a run directory: it has no {RUN_FILE}")
-    record: dict[str, Any] = json.loads(run_file.read_text())
+    return json.loads(run_file.read_text())
+
+
+def export_run(
+    run_dir: Path, out_dir: Path, parity: Split, crop_margin: float | None = None
+) -> Path:
+    """Export `run_dir`'s best classifier to `out_dir/emotion.onnx`; returns that path."""
+    from training.train import BEST_WEIGHTS, load_float32_classifier
+
+    record = read_run(run_dir)
     if "prediction" not in record or not (Path(run_dir) / BEST_WEIGHTS).exists():
         raise ExportError(f"{run_dir} has not finished training: run `train --resume` on it")
     config = config_from_dict(record["config"])

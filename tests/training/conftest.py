@@ -1,0 +1,92 @@
+"""Tiny FER2013 look-alikes in every layout, made from generated images.
+
+Each class gets its own brightness and stripe pattern plus noise, so a small network can learn
+them in a couple of epochs; the point is to run the real pipeline end to end in seconds, not to
+measure a model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.contract import INPUT_SIZE, LABELS
+
+PER_CLASS = {"train": 12, "test": 4}
+
+
+def synthetic_face(label_index: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:INPUT_SIZE, 0:INPUT_SIZE]
+    stripes = np.sin((x * np.cos(label_index) + y * np.sin(label_index)) / (2 + label_index))
+    image = 40 + label_index * 25 + 30 * stripes + rng.normal(0, 8, (INPUT_SIZE, INPUT_SIZE))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(face: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(face, mode="L").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def generated_faces(per_class: dict[str, int] = PER_CLASS, seed: int = 0):
+    """Yield (split, label, index, face) for a balanced tiny data set."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for label_index, label in enumerate(LABELS):
+            for index in range(count):
+                yield split, label, index, synthetic_face(label_index, rng)
+
+
+def write_folder(root: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
+    for split, label, index, face in generated_faces(per_class):
+        path = root / split / label / f"{split}_{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg_bytes(face))
+    return root
+
+
+def write_zip(path: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, label, index, face in generated_faces(per_class):
+            archive.writestr(f"{split}/{label}/{split}_{index}.jpg", jpeg_bytes(face))
+    return path
+
+
+def write_csv(path: Path, per_class: dict[str, int] = PER_CLASS, private: int = 3) -> Path:
+    """The ICML layout; `private` PrivateTest rows per class are added, all of label 0 and
+    pure white, so a test can prove they never reach any split."""
+    usage = {"train": "Training", "test": "PublicTest"}
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for split, _label, _index, face in generated_faces(per_class):
+            writer.writerow([LABELS.index(_label), " ".join(map(str, face.ravel())), usage[split]])
+        for _ in range(private * len(LABELS)):
+            writer.writerow([0, " ".join(["255"] * INPUT_SIZE * INPUT_SIZE), "PrivateTest"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_zip(tmp_path_factory.mktemp("zip") / "fer2013.zip")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_folder(tmp_path_factory.mktemp("folder") / "fer2013")
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("csv") / "fer2013.csv")
+
+
+@pytest.fixture(scope="session")
+def smoke_config(repo_root: Path) -> Path:
+    return repo_root / "training" / "configs" / "smoke.toml"

@@ -1,0 +1,56 @@
+"""Configs: the shipped default is valid, and every mistake is named before training starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import DEFAULT_CONFIG, ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_is_the_shipped_recipe() -> None:
+    config = load_config()
+    assert DEFAULT_CONFIG.exists()
+    assert config.model.filters == (32, 64, 128, 256)
+    assert config.train.epochs >= 30
+
+
+def test_file_values_override_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[model]\nfilters = [8, 16]\n[train]\nepochs = 3\n"))
+    assert config.model.filters == (8, 16)
+    assert config.train.epochs == 3
+    assert config.train.batch_size == 64  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train]\nepocs = 3\n", "unknown keys ['epocs']"),
+        ("[trian]\nepochs = 3\n", "unknown tables ['trian']"),
+        ("[train]\nepochs = 0\n", "train.epochs must be >= 1"),
+        ("[train]\nepochs = 'ten'\n", "train.epochs must be an integer"),
+        ("[train]\nlearning_rate = -1\n", "train.learning_rate must be > 0"),
+        ("[train]\noptimizer = 'rmsprop'\n", "train.optimizer must be 'sgd' or 'adamw'"),
+        ("[model]\nfilters = 32\n", "model.filters must be a list"),
+        ("[augment]\nflip = 1\n", "augment.flip must be true or false"),
+        ("[export]\ncrop_margin = 9.0\n", "export.crop_margin must be in [0.5, 3.0]"),
+        ("[train\n", "not valid TOML"),
+    ],
+)
+def test_bad_configs_are_refused_with_the_key_named(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(write(tmp_path, text))
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")

@@ -1,0 +1,181 @@
+"""The real pipeline, end to end on tiny data: train -> export (with parity) -> evaluate ->
+a model onnxruntime serves, plus resume and the refusals that protect a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.contract import LABELS, ModelContract
+from training import export as export_module
+from training.data import read_splits
+from training.errors import ExportError, RunError
+from training.train import train
+
+EVIDENCE = (
+    "metrics.json",
+    "confusion_matrix.png",
+    "reliability_diagram.png",
+    "training_curves.png",
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_zip: Path, smoke_config: Path
+) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_zip, out, smoke_config)
+    return out
+
+
+def session_for(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_a_run_leaves_a_servable_model_and_its_evidence(finished_run: Path, tiny_zip: Path) -> None:
+    model = finished_run / "emotion.onnx"
+    for name in EVIDENCE:
+        assert (finished_run / name).stat().st_size > 0, name
+    session = session_for(model)
+    metadata = session.get_modelmeta().custom_metadata_map
+    contract = ModelContract.from_metadata(metadata)
+    assert contract.labels == LABELS
+    assert session.get_inputs()[0].shape[1:] == [48, 48, 1]
+    assert [output.name for output in session.get_outputs()] == ["probabilities"]
+    assert json.loads(metadata["emotion_config"])["model"]["filters"] == [8, 16]
+    assert len(metadata["emotion_dataset_sha256"]) == 64
+
+    test = read_splits(tiny_zip)[0]["test"]
+    batch = test.x[:5, ..., None].astype(np.float32) * contract.pixel_scale
+    probabilities = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    assert probabilities.shape == (5, len(LABELS))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    carried = json.loads(metadata["emotion_metrics"])
+    assert carried["test"]["accuracy"] == metrics["accuracy"]
+    assert metrics["images"] == len(test)
+    assert set(metrics["per_class"]) == set(LABELS)
+    assert np.asarray(metrics["confusion_matrix"]).sum() == len(test)
+    assert 0 <= metrics["expected_calibration_error"] <= 1
+
+
+def test_run_file_records_what_was_chosen_on_validation(finished_run: Path) -> None:
+    record = json.loads((finished_run / "run.json").read_text())
+    assert record["prediction"]["temperature"] > 0
+    assert isinstance(record["prediction"]["flip_tta"], bool)
+    assert record["precision"] in ("float32", "mixed_bfloat16")
+
+
+@pytest.mark.parametrize("layout", ["tiny_folder", "tiny_csv"])
+def test_every_layout_trains(
+    layout: str, request: pytest.FixtureRequest, tmp_path: Path, smoke_config: Path
+) -> None:
+    model = train(request.getfixturevalue(layout), tmp_path / "run", smoke_config, epochs=1)
+    assert session_for(model).get_outputs()[0].shape[-1] == len(LABELS)
+
+
+def test_resume_continues_from_the_last_epoch(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path
+) -> None:
+    out = tmp_path / "run"
+    train(tiny_zip, out, smoke_config, epochs=1)
+    train(tiny_zip, out, smoke_config, epochs=3, resume=True)
+    epochs = [line.split(",")[0] for line in (out / "training_log.csv").read_text().splitlines()]
+    assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
+
+
+def test_a_new_run_never_overwrites_an_old_one(finished_run: Path, tiny_zip: Path) -> None:
+    with pytest.raises(RunError, match="already holds a run"):
+        train(tiny_zip, finished_run)
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_zip: Path) -> None:
+    with pytest.raises(RunError, match="no checkpoint"):
+        train(tiny_zip, tmp_path / "empty", resume=True)
+
+
+def test_export_refuses_to_write_when_onnxruntime_disagrees(
+    finished_run: Path, tiny_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test = read_splits(tiny_zip)[0]["test"]
+    # A negative tolerance makes any difference, even zero, a disagreement.
+    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_module.export_run(finished_run, tmp_path, test)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary left behind
+
+
+def test_parity_check_catches_a_different_graph(finished_run: Path, tiny_zip: Path) -> None:
+    """The check compares against Keras for real: a reference at another temperature fails."""
+    from training.config import config_from_dict
+    from training.train import BEST_WEIGHTS, load_float32_classifier
+
+    record = json.loads((finished_run / "run.json").read_text())
+    classifier = load_float32_classifier(
+        config_from_dict(record["config"]), finished_run / BEST_WEIGHTS
+    )
+    faces = read_splits(tiny_zip)[0]["test"].x[:16]
+    proto, reference = export_module.convert(classifier, 1.0, False, opset=17)
+    assert export_module.check_parity(proto.SerializeToString(), reference, faces) <= 1e-4
+    _, sharper = export_module.convert(classifier, 0.05, False, opset=17)
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_module.check_parity(proto.SerializeToString(), sharper, faces)
+
+
+def test_export_command_rewrites_a_model_from_a_run(finished_run: Path, tmp_path: Path) -> None:
+    result = run_cli("export", "--run", str(finished_run), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    session = session_for(tmp_path / "emotion.onnx")
+    assert ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+
+
+def test_evaluate_command_prints_and_writes_metrics(
+    finished_run: Path, tiny_zip: Path, tmp_path: Path
+) -> None:
+    model = finished_run / "emotion.onnx"
+    result = run_cli(
+        "evaluate", "--model", str(model), "--data", str(tiny_zip), "--out", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout and "macro-F1" in result.stdout
+    for name in EVIDENCE:
+        assert (tmp_path / name).exists(), name
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nowhere/fer2013.zip", "--out", "{tmp}/run"], "no data at"),
+        (
+            ["train", "--data", "{zip}", "--out", "{tmp}/run", "--config", "{tmp}/bad.toml"],
+            "unknown keys ['epocs']",
+        ),
+        (["export", "--run", "{tmp}"], "is not a run directory"),
+    ],
+)
+def test_cli_mistakes_get_one_clear_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path, tiny_zip: Path
+) -> None:
+    (tmp_path / "bad.toml").write_text("[train]\nepocs = 3\n")
+    result = run_cli(*(arg.format(tmp=tmp_path, zip=tiny_zip) for arg in args))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
