@@ -44,11 +44,13 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(_start, state, model)
+        contract = state.model.contract
         log.info(
-            "serving model %s from %s (%s)",
+            "serving model %s from %s (crop margin %g, pixel scale %g)",
             state.model.model_id[:12],
             state.model.path,
-            state.model.contract,
+            contract.crop_margin,
+            contract.pixel_scale,
         )
         yield
         state.ready = False

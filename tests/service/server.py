@@ -40,12 +40,14 @@ def running_service(
     python: str = sys.executable,
     cwd: Path | None = None,
     settings: Mapping[str, str] | None = None,
+    command: tuple[str, ...] = ("-m", "service"),
 ) -> Iterator[str]:
-    """Start the service, wait until /ready says 200, yield its base URL, then stop it."""
+    """Start the service, wait until /ready says 200, yield its base URL, then stop it.
+    `command` follows `python`; `{port}` in it is replaced by the port."""
     port = free_port()
     env = service_env(model_path, HOST="127.0.0.1", PORT=str(port), **(settings or {}))
     process = subprocess.Popen(
-        [python, "-m", "service"],
+        [python, *(part.format(port=port) for part in command)],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

@@ -37,6 +37,14 @@ def test_predict_over_http(server, portrait_bytes):
         assert batch["results"] == [response.json()] * 2
 
 
+def test_uvicorn_can_serve_the_app_by_its_import_string(model_path, portrait_bytes):
+    """`uvicorn service.app:app` loads the model in the app's lifespan instead."""
+    command = ("-m", "uvicorn", "service.app:app", "--port", "{port}")
+    with running_service(model_path, command=command) as url:
+        response = httpx.post(f"{url}/predict", files={"file": portrait_bytes}, timeout=30)
+        assert len(response.json()["faces"]) == 1
+
+
 def test_concurrent_requests_get_the_same_answer(server, portrait_bytes):
     def predict(_: int) -> dict:
         response = httpx.post(f"{server}/predict", files={"file": portrait_bytes}, timeout=60)
