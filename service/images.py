@@ -54,6 +54,10 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise ImageRejected(413, f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
     image = _open_header(data, limits)
     with image:
+        if image.format == "JPEG" and image.mode == "RGB":
+            # Decode the luma channel only: the same gray (ITU-R 601) at a third of the memory
+            # and time of decoding colour and converting it.
+            image.draft("L", image.size)
         try:
             image.load()
         except Image.DecompressionBombError as error:

@@ -11,6 +11,8 @@ from PIL import Image
 
 from service.app import create_app
 from service.contract import LABELS
+from service.faces import FaceBox, crop_face
+from service.images import ImageLimits, decode_grayscale
 from service.model import EmotionModel
 from service.settings import Settings
 from tests.service.conftest import encode
@@ -84,14 +86,11 @@ def test_predict_finds_the_face_in_the_portrait(client, portrait_bytes, model_pa
     assert_face_answer(face)
 
 
-def test_predict_answers_what_the_model_says_for_the_face_crop(
-    client, portrait_bytes, portrait_gray, model_path
-):
-    from service.faces import FaceBox, crop_face
-
+def test_predict_answers_what_the_model_says_for_the_face_crop(client, portrait_bytes, model_path):
     face = client.post("/predict", files={"file": portrait_bytes}).json()["faces"][0]
-    box = FaceBox(**face["box"])
-    crop = crop_face(portrait_gray, box, margin=1.0, size=48)
+    limits = ImageLimits(max_bytes=10**7, max_pixels=10**7, max_aspect_ratio=20)
+    gray = decode_grayscale(portrait_bytes, limits)
+    crop = crop_face(gray, FaceBox(**face["box"]), margin=1.0, size=48)
     expected = EmotionModel.load(model_path).predict(crop[None])[0]
     assert list(face["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-5)
 
