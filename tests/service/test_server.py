@@ -166,3 +166,22 @@ def test_refuses_to_start_with_bad_settings(model_path):
     result = _start_and_fail(model_path, MAX_UPLOAD_BYTES="lots")
     assert result.returncode == 2
     assert "MAX_UPLOAD_BYTES" in result.stderr.upper()
+
+
+def test_the_service_never_imports_the_training_stack(model_path):
+    """Even where TensorFlow is installed (the dev environment), serving does not load it."""
+    code = (
+        "import sys, service.__main__, service.app\n"
+        "service.app.app\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=service_env(model_path),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    modules = {name.split(".")[0] for name in result.stdout.split()}
+    assert not modules & {"tensorflow", "keras", "tf2onnx", "onnx", "training"}
