@@ -261,7 +261,10 @@ def train(
     """From data to `out/emotion.onnx` with its evidence; returns the model's path."""
     config = load_config(config_path)
     if epochs is not None:
-        config = replace(config, train=replace(config.train, epochs=epochs)).validate()
+        # A quick run with fewer epochs keeps the warm-up shorter than the run itself.
+        warmup = min(config.train.warmup_epochs, max(epochs - 1, 0))
+        overridden = replace(config.train, epochs=epochs, warmup_epochs=warmup)
+        config = replace(config, train=overridden).validate()
     out = Path(out)
     prepare_run_dir(out, resume)
 

@@ -179,3 +179,12 @@ def test_cli_mistakes_get_one_clear_line_and_exit_2(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_epochs_override_shorter_than_the_warm_up_still_runs(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path
+) -> None:
+    config = tmp_path / "warm.toml"
+    config.write_text(smoke_config.read_text().replace("warmup_epochs = 0", "warmup_epochs = 2"))
+    model = train(tiny_zip, tmp_path / "run", config, epochs=1)
+    assert model.exists()
