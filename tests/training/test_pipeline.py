@@ -185,6 +185,7 @@ def test_an_epochs_override_shorter_than_the_warm_up_still_runs(
     tmp_path: Path, tiny_zip: Path, smoke_config: Path
 ) -> None:
     config = tmp_path / "warm.toml"
-    config.write_text(smoke_config.read_text().replace("warmup_epochs = 0", "warmup_epochs = 2"))
+    recipe = smoke_config.read_text().replace("\nepochs = 2", "\nepochs = 5")
+    config.write_text(recipe.replace("warmup_epochs = 0", "warmup_epochs = 2"))
     model = train(tiny_zip, tmp_path / "run", config, epochs=1)
     assert model.exists()
