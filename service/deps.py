@@ -12,6 +12,7 @@ from service.pipeline import EmotionPipeline
 from service.settings import Settings
 
 RETRY_AFTER_SECONDS = 5
+NOT_READY = "the model is not loaded yet: retry shortly (GET /ready says when)"
 
 
 @dataclass
@@ -41,7 +42,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 def not_ready() -> HTTPException:
     return HTTPException(
         status_code=503,
-        detail="the model is not loaded yet: retry shortly (GET /ready says when)",
+        detail=NOT_READY,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 
-from service.deps import PipelineDep, SettingsDep
+from service.deps import NOT_READY, PipelineDep, SettingsDep
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
 from service.uploads import read_upload
 
@@ -51,7 +51,7 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "(over MAX_ASPECT_RATIO).",
         "the image is 4000x100: its aspect ratio 40.0 is over the limit of 20",
     ),
-    503: _error("The model is not loaded yet; retry after `Retry-After` seconds.", "loading"),
+    503: _error("The model is not loaded yet; retry after `Retry-After` seconds.", NOT_READY),
 }
 
 

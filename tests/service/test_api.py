@@ -121,6 +121,14 @@ def test_detect_modes(client, portrait_bytes):
     assert face["box"] == {"x": 0, "y": 0, "width": 512, "height": 512}
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 20), (20, 1)])
+def test_tiny_images_are_classified_whole(client, size):
+    answer = client.post("/predict", files={"file": encode(Image.new("L", size, 100))}).json()
+    (face,) = answer["faces"]
+    assert face["detected"] is False
+    assert (face["box"]["width"], face["box"]["height"]) == size
+
+
 def test_fer2013_style_crop_is_classified_whole(client, portrait_gray):
     crop = np.asarray(Image.fromarray(portrait_gray[66:161, 177:272]).resize((48, 48)))
     answer = client.post("/predict?detect=never", files={"file": encode(crop)}).json()

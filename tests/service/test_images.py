@@ -7,6 +7,7 @@ import struct
 import zipfile
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,6 +77,35 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(portrait_gray, format):
     with Image.open(io.BytesIO(data)) as check:
         assert check.mode.startswith("I")  # really stored as 16-bit
     assert np.array_equal(decode_grayscale(data, LIMITS), portrait_gray)
+
+
+def _sixteen_bit_png(portrait, alpha: bool) -> bytes:
+    """A 16-bit-per-channel PNG (Pillow writes only 8-bit colour, OpenCV writes 16)."""
+    bgr = (np.asarray(portrait).astype(np.uint16) * 257)[:, :, ::-1]
+    if alpha:
+        bgr = np.dstack([bgr, np.full(bgr.shape[:2], 65535, np.uint16)])
+    ok, encoded = cv2.imencode(".png", bgr)
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "tolerance"),
+    [
+        pytest.param(lambda image: _sixteen_bit_png(image, alpha=False), 0.5, id="png-16-bit-rgb"),
+        pytest.param(lambda image: _sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
+        pytest.param(lambda image: encode(image.convert("CMYK"), "JPEG"), 4, id="jpeg-cmyk"),
+        pytest.param(
+            lambda image: encode(image, "JPEG", progressive=True), 4, id="jpeg-progressive"
+        ),
+        pytest.param(lambda image: encode(image, "TIFF", compression="tiff_lzw"), 0, id="tiff-lzw"),
+        pytest.param(lambda image: encode(image.convert("RGBA"), "BMP"), 0, id="bmp-rgba"),
+    ],
+)
+def test_other_layouts_decode_to_the_same_grayscale(portrait, portrait_gray, make, tolerance):
+    gray = decode_grayscale(make(portrait), LIMITS)
+    assert gray.shape == (512, 512)
+    assert np.abs(gray.astype(int) - portrait_gray.astype(int)).mean() <= tolerance
 
 
 def test_transparent_pixels_are_shown_on_white(portrait):
