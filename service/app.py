@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from service.deps import ServiceState
@@ -69,6 +70,14 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
             "/predict/batch": settings.max_batch_bytes,
         },
     )
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            max_age=600,
+        )
     app.include_router(predict.router)
     app.include_router(status.router)
     app.add_exception_handler(Exception, _unexpected)

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="Smallest face side, in pixels of that shrunk copy, that detection reports.",
     )
 
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins that browsers may call the API from "
+        "(e.g. https://app.example.com); empty: no CORS headers.",
+    )
+
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads per inference; 0 lets onnxruntime choose."
     )
@@ -74,3 +80,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests analysed at the same time (decode, detect, infer); more wait.",
     )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

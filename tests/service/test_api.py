@@ -223,3 +223,19 @@ def test_openapi_documents_every_endpoint_with_examples(client):
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
+
+
+def test_cors_is_off_unless_origins_are_configured(client, make_client):
+    preflight = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+    }
+    assert (
+        "access-control-allow-origin" not in client.options("/predict", headers=preflight).headers
+    )
+    with make_client(cors_origins="https://app.example.com, https://other.example.com") as cors:
+        response = cors.options("/predict", headers=preflight)
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        refused = cors.options("/predict", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in refused.headers

@@ -14,7 +14,8 @@ def settings_table() -> str:
         default = field.default
         if isinstance(default, Path):
             default = default.relative_to(PROJECT_ROOT)
-        rows.append(f"| `{name.upper()}` | `{default}` | {field.description} |")
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
 
