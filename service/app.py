@@ -108,7 +108,9 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    """A bug of ours, not the client's: a JSON 500. Starlette re-raises the error after this
+    answer, so the server logs its traceback once."""
+    log.error("unexpected %s on %s %s", type(error).__name__, request.method, request.url.path)
     return JSONResponse(
         {"detail": "internal error: the service logged it; please report it"}, status_code=500
     )

@@ -239,3 +239,25 @@ def test_cors_is_off_unless_origins_are_configured(client, make_client):
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         refused = cors.options("/predict", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in refused.headers
+
+
+def test_a_bug_of_ours_is_a_json_500_and_the_service_keeps_serving(
+    model_path, portrait_bytes, monkeypatch
+):
+    with TestClient(
+        create_app(Settings(model_path=model_path)), raise_server_exceptions=False
+    ) as broken:
+        model = broken.app.state.service.model
+        real_predict = model.predict
+
+        def failing(crops):
+            raise RuntimeError("simulated bug")
+
+        monkeypatch.setattr(model, "predict", failing)
+        response = broken.post("/predict", files={"file": portrait_bytes})
+        assert response.status_code == 500
+        assert response.json() == {
+            "detail": "internal error: the service logged it; please report it"
+        }
+        monkeypatch.setattr(model, "predict", real_predict)
+        assert broken.post("/predict", files={"file": portrait_bytes}).status_code == 200
