@@ -1,0 +1,46 @@
+"""One settings object, from the environment."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+def test_defaults_serve_the_model_beside_the_package(clean_env, repo_root):
+    settings = Settings()
+    assert settings.model_path == repo_root / "artifacts" / "emotion.onnx"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.max_upload_bytes == 10 * 1024 * 1024
+    assert settings.max_batch_files == 32
+    assert settings.cors_origin_list == []
+
+
+def test_environment_overrides(clean_env, tmp_path):
+    clean_env.setenv("MODEL_PATH", str(tmp_path / "m.onnx"))
+    clean_env.setenv("PORT", "9001")
+    clean_env.setenv("max_upload_bytes", "1000")  # names are case-insensitive
+    clean_env.setenv("CORS_ORIGINS", " https://a.example ,https://b.example,")
+    settings = Settings()
+    assert settings.model_path == tmp_path / "m.onnx"
+    assert settings.port == 9001
+    assert settings.max_upload_bytes == 1000
+    assert settings.cors_origin_list == ["https://a.example", "https://b.example"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PORT", "0"), ("PORT", "http"), ("MAX_BATCH_FILES", "0"), ("LOG_LEVEL", "loud")],
+)
+def test_bad_values_are_refused_by_name(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()
