@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,21 +72,21 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
 
 
 def _open_header(data: bytes, limits: ImageLimits) -> Image.Image:
-    with warnings.catch_warnings():
-        # Our own pixel limit below is the one that answers; Pillow's warning is noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
-        except UnidentifiedImageError as error:
-            raise ImageRejected(
-                415, "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF"
-            ) from error
-        except Image.DecompressionBombError as error:
-            raise ImageRejected(
-                413, f"the image claims more than the limit of {limits.max_pixels} pixels"
-            ) from error
-        except Exception as error:
-            raise ImageRejected(400, f"the image header is corrupt ({error})") from error
+    # Pillow refuses on its own past twice its MAX_IMAGE_PIXELS (DecompressionBombError); below
+    # that, the pixel limit checked here answers first. (warnings.catch_warnings would silence
+    # Pillow's warning for such sizes, but it is not thread-safe.)
+    try:
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError as error:
+        raise ImageRejected(
+            415, "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF"
+        ) from error
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(
+            413, f"the image claims more than the limit of {limits.max_pixels} pixels"
+        ) from error
+    except Exception as error:
+        raise ImageRejected(400, f"the image header is corrupt ({error})") from error
 
     width, height = image.size
     if width < 1 or height < 1:
