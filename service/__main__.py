@@ -12,8 +12,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
-from service.model import EmotionModel, ModelError
+from service.app import create_app, load_model
+from service.model import ModelError
 from service.settings import Settings
 
 EXIT_CONFIGURATION = 2
@@ -30,7 +30,7 @@ def main() -> int:
     )
 
     try:
-        model = EmotionModel.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        model = load_model(settings)
     except ModelError as error:
         print(f"error: cannot serve the model: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION

@@ -89,11 +89,20 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     return app
 
 
+def load_model(settings: Settings) -> EmotionModel:
+    """The model the settings name, checked and warmed up; `ModelError` says why not."""
+    return EmotionModel.load(
+        settings.model_path,
+        intra_op_threads=settings.intra_op_threads,
+        max_batch=settings.max_inference_batch,
+    )
+
+
 def _start(state: ServiceState, model: EmotionModel | None) -> None:
     """Load (unless given) and warm up the model, build the pipeline, then declare ready."""
     settings = state.settings
     if model is None:
-        model = EmotionModel.load(settings.model_path, intra_op_threads=settings.intra_op_threads)
+        model = load_model(settings)
     detector = FaceDetector(
         max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels
     )

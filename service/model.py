@@ -61,9 +61,12 @@ class EmotionModel:
     session: ort.InferenceSession = field(repr=False)
     input_name: str
     output_name: str
+    max_batch: int = 512
+    """Most crops per onnxruntime call: a larger batch is run in slices of this size, so that a
+    pathological request (32 files x 100 faces) cannot take gigabytes of activations at once."""
 
     @classmethod
-    def load(cls, path: Path, *, intra_op_threads: int = 0) -> EmotionModel:
+    def load(cls, path: Path, *, intra_op_threads: int = 0, max_batch: int = 512) -> EmotionModel:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"no model file at {path}: {HOW_TO_GET_A_MODEL}")
@@ -100,6 +103,7 @@ class EmotionModel:
             session=session,
             input_name=input_name,
             output_name=output_name,
+            max_batch=max_batch,
         )
         model.warm_up()
         return model
@@ -109,16 +113,20 @@ class EmotionModel:
         return self.contract.labels
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """`crops` `(n, size, size)` uint8 -> `(n, labels)` float32 probabilities, one call."""
+        """`crops` `(n, size, size)` uint8 -> `(n, labels)` float32 probabilities: one
+        onnxruntime call for up to `max_batch` crops."""
         count = len(crops)
-        if count == 0:
-            return np.empty((0, len(self.labels)), dtype=np.float32)
         size = self.contract.input_size
         if crops.shape[1:] != (size, size):
             raise ValueError(f"crops must be {size}x{size}, got {crops.shape[1:]}")
-        batch = crops.astype(np.float32).reshape(count, size, size, 1) * self.contract.pixel_scale
-        (probabilities,) = self.session.run([self.output_name], {self.input_name: batch})
-        return np.asarray(probabilities, dtype=np.float32)
+        answers = [np.empty((0, len(self.labels)), dtype=np.float32)]
+        for start in range(0, count, self.max_batch):
+            chunk = crops[start : start + self.max_batch]
+            batch = chunk.astype(np.float32).reshape(len(chunk), size, size, 1)
+            batch *= self.contract.pixel_scale
+            (probabilities,) = self.session.run([self.output_name], {self.input_name: batch})
+            answers.append(np.asarray(probabilities, dtype=np.float32))
+        return np.concatenate(answers)
 
     def warm_up(self) -> None:
         """Run a batch of two crops; refuse a graph whose answer is not one distribution each.

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads per inference; 0 lets onnxruntime choose."
     )
+    max_inference_batch: int = Field(
+        512,
+        ge=1,
+        description="Most face crops per onnxruntime call; a batch with more faces is run in "
+        "slices of this size, which bounds the memory one request can take.",
+    )
     worker_threads: int = Field(
         4,
         ge=1,

@@ -39,6 +39,23 @@ def test_predicts_one_distribution_per_crop_that_depends_on_the_crop(model):
     assert np.allclose(one_by_one, probabilities, atol=1e-6)  # batching changes nothing
 
 
+def test_a_batch_over_max_batch_is_run_in_slices_with_the_same_answers(model_path):
+    crops = np.random.default_rng(2).integers(0, 256, (7, 48, 48), dtype=np.uint8)
+    whole = EmotionModel.load(model_path).predict(crops)
+    sliced = EmotionModel.load(model_path, max_batch=3)
+    calls = []
+    real_run = sliced.session.run
+
+    class CountingSession:
+        def run(self, outputs, feeds):
+            calls.append(len(next(iter(feeds.values()))))
+            return real_run(outputs, feeds)
+
+    sliced.session = CountingSession()
+    assert np.allclose(sliced.predict(crops), whole, atol=1e-6)
+    assert calls == [3, 3, 1]
+
+
 def test_empty_batch_needs_no_inference(model):
     assert model.predict(np.empty((0, 48, 48), np.uint8)).shape == (0, len(LABELS))
 
