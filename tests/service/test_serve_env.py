@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.service.onnx_models import build_emotion_model
-from tests.service.server import running_service, service_env
+from tests.service.server import free_port, running_service, service_env
 
 TRAINING_PACKAGES = ("tensorflow", "keras", "tf2onnx")
 
@@ -125,3 +125,12 @@ def test_the_image_contents_serve_with_the_serve_requirements_alone(
             timeout=30,
         )
         assert result.returncode == 0
+
+    nothing_there = subprocess.run(
+        [python, *check[1:]],
+        env=service_env(None, PORT=str(free_port())),
+        cwd=app_dir,
+        capture_output=True,
+        timeout=30,
+    )
+    assert nothing_there.returncode != 0  # the check can fail, too
