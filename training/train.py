@@ -12,6 +12,7 @@ A run directory holds everything a run leaves behind:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -240,6 +241,22 @@ def choose_prediction(config: Config, classifier, validation) -> dict[str, Any]:
 # --- the run ------------------------------------------------------------------------------------
 
 
+def machine_description() -> str:
+    """CPU model and core count (platform.processor() is empty on most Linux machines)."""
+    model = platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def previous_fit_seconds(out: Path) -> float:
+    path = out / RUN_FILE
+    return float(json.loads(path.read_text()).get("fit_seconds", 0.0)) if path.exists() else 0.0
+
+
 def write_run_file(out: Path, record: dict[str, Any]) -> None:
     path = out / RUN_FILE
     existing = json.loads(path.read_text()) if path.exists() else {}
@@ -305,7 +322,7 @@ def train(
             "data": {"source": str(data), "sha256": dataset.sha256},
             "precision": precision,
             "backend": keras.backend.backend(),
-            "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores",
+            "machine": machine_description(),
         },
     )
 
@@ -332,7 +349,8 @@ def train(
         {
             "prediction": prediction,
             "best_validation_accuracy": best_logged_accuracy(out),
-            "fit_seconds_last_session": round(elapsed, 1),
+            # Summed over sessions, so a resumed run still reports its whole training time.
+            "fit_seconds": round(previous_fit_seconds(out) + elapsed, 1),
         },
     )
 
