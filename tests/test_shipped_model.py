@@ -1,0 +1,60 @@
+"""The shipped model, served as users get it: coarse correctness on real faces, not its score.
+
+Its score is measured by `python -m training evaluate` (see artifacts/MODEL_CARD.md); here we
+only guard against shipping something broken — a model that answers near chance on FER2013 test
+crops, or misreads an unmistakable smile on a real photo through the default detection path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.contract import LABELS
+from service.model import EmotionModel
+from service.settings import Settings
+from tests.conftest import DATA_DIR, REPO_ROOT
+
+SHIPPED = REPO_ROOT / "artifacts" / "emotion.onnx"
+FER2013 = REPO_ROOT.parent / "shared" / "data" / "fer2013.zip"
+
+pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no model shipped in artifacts/ yet")
+
+
+@pytest.fixture(scope="module")
+def shipped() -> EmotionModel:
+    return EmotionModel.load(SHIPPED)
+
+
+def test_the_model_reads_fer2013_test_faces_far_above_chance(shipped: EmotionModel) -> None:
+    if not FER2013.exists():
+        pytest.skip(f"FER2013 is not beside the project at {FER2013}")
+    from training.data import load_test_split
+
+    test = load_test_split(FER2013, limit=30)  # 30 a class, 210 faces: chance is 1/7
+    predicted = shipped.predict(test.x).argmax(axis=1)
+    accuracy = float((predicted == test.y).mean())
+    assert accuracy > 0.45, f"accuracy {accuracy:.3f} on {len(test.y)} PublicTest faces"
+    assert len(np.unique(predicted)) >= 5  # not collapsed onto a couple of labels
+
+
+def test_a_real_smile_is_read_as_happy_through_detection() -> None:
+    app = create_app(Settings(model_path=SHIPPED))
+    with TestClient(app) as client:
+        portrait = (DATA_DIR / "astronaut.jpg").read_bytes()
+        answer = client.post("/predict", files={"file": ("astronaut.jpg", portrait)}).json()
+    (face,) = answer["faces"]
+    assert face["detected"] is True
+    assert face["emotion"] == "happy"
+    assert set(face["probabilities"]) == set(LABELS)
+
+
+def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) -> None:
+    app = create_app(Settings(model_path=SHIPPED))
+    with TestClient(app) as client:
+        described = client.get("/model").json()
+    assert described["id"] == shipped.model_id
+    assert 0 < described["metrics"]["test"]["accuracy"] <= 1
+    assert described["contract"]["crop_margin"] == pytest.approx(1.05)
