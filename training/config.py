@@ -24,11 +24,17 @@ class ConfigError(ValueError):
 class ModelConfig:
     filters: tuple[int, ...] = (32, 64, 128, 256)
     """Channels of each convolution stage; each stage ends in 2x2 max pooling."""
-    convs_per_stage: int = 2
+    convs_per_stage: int | tuple[int, ...] = 2
+    """3x3 convolutions in each stage: one number for all, or a list with one per stage."""
     stage_dropout: float = 0.1
     dense_units: int = 256
     """Width of the hidden dense layer after global average pooling (0: none)."""
     head_dropout: float = 0.4
+
+    def stage_convs(self) -> tuple[int, ...]:
+        if isinstance(self.convs_per_stage, int):
+            return (self.convs_per_stage,) * len(self.filters)
+        return tuple(self.convs_per_stage)
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,10 @@ class Config:
         checks = [
             (len(m.filters) >= 1 and all(f > 0 for f in m.filters), "model.filters: positive ints"),
             (len(m.filters) <= 5, "model.filters: at most 5 stages (48 px halves 5 times)"),
-            (m.convs_per_stage >= 1, "model.convs_per_stage must be >= 1"),
+            (
+                len(m.stage_convs()) == len(m.filters) and min(m.stage_convs()) >= 1,
+                "model.convs_per_stage must be >= 1, or a list of those, one per stage",
+            ),
             (0 <= m.stage_dropout < 1, "model.stage_dropout must be in [0, 1)"),
             (0 <= m.head_dropout < 1, "model.head_dropout must be in [0, 1)"),
             (m.dense_units >= 0, "model.dense_units must be >= 0"),
@@ -139,7 +148,11 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     coerced = {}
     for key, value in values.items():
         default = getattr(defaults, key)
-        if isinstance(default, tuple):
+        if key == "convs_per_stage" and isinstance(value, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ConfigError(f"{section}.{key} must hold integers, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, tuple):
             if not isinstance(value, list):
                 raise ConfigError(f"{section}.{key} must be a list, got {value!r}")
             value = tuple(value)

@@ -24,8 +24,9 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1.0 / 255.0, name="pixel_scale")(inputs)
-    for stage, filters in enumerate(config.filters, start=1):
-        for conv in range(1, config.convs_per_stage + 1):
+    stages = zip(config.filters, config.stage_convs(), strict=True)
+    for stage, (filters, convs) in enumerate(stages, start=1):
+        for conv in range(1, convs + 1):
             x = layers.Conv2D(
                 filters,
                 3,

@@ -41,6 +41,8 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[model]\nfilters = 32\n", "model.filters must be a list"),
         ("[augment]\nflip = 1\n", "augment.flip must be true or false"),
         ("[export]\ncrop_margin = 9.0\n", "export.crop_margin must be in [0.5, 3.0]"),
+        ("[model]\nfilters = [8, 16]\nconvs_per_stage = [1]\n", "one per stage"),
+        ("[model]\nconvs_per_stage = [1, 2, 'x', 2]\n", "must hold integers"),
         ("[train\n", "not valid TOML"),
     ],
 )
@@ -49,6 +51,12 @@ def test_bad_configs_are_refused_with_the_key_named(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(write(tmp_path, text))
+
+
+def test_convolutions_can_differ_per_stage(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[model]\nconvs_per_stage = [1, 2, 2, 3]\n"))
+    assert config.model.stage_convs() == (1, 2, 2, 3)
+    assert load_config().model.stage_convs() == (2, 2, 2, 2)
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:

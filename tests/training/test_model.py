@@ -1,0 +1,41 @@
+"""The network follows its config: stages, convolutions per stage, raw-pixel input, logits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.contract import LABELS
+from training.config import ModelConfig
+from training.model import build_classifier, logits_model
+
+
+def conv_names(config: ModelConfig) -> list[str]:
+    classifier = build_classifier(config)
+    return [
+        layer.name
+        for layer in classifier.layers
+        if layer.name.endswith(tuple("123456789")) and "_conv" in layer.name
+    ]
+
+
+def test_convolutions_per_stage_follow_the_config() -> None:
+    names = conv_names(ModelConfig(filters=(8, 16, 32), convs_per_stage=(1, 2, 3), dense_units=0))
+    assert names == [
+        "stage1_conv1",
+        "stage2_conv1",
+        "stage2_conv2",
+        "stage3_conv1",
+        "stage3_conv2",
+        "stage3_conv3",
+    ]
+
+
+def test_classifier_takes_raw_pixels_and_answers_probabilities() -> None:
+    classifier = build_classifier(ModelConfig(filters=(8, 16), convs_per_stage=1, dense_units=8))
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype(np.float32)
+    probabilities = np.asarray(classifier.predict(faces, verbose=0))
+    assert probabilities.shape == (3, len(LABELS))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    logits = np.asarray(logits_model(classifier).predict(faces, verbose=0))
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(exp / exp.sum(axis=1, keepdims=True), probabilities, atol=1e-5)
