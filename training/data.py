@@ -102,6 +102,29 @@ def _layout_entries(names: list[str]) -> Iterator[tuple[str, str, str]]:
             yield split, label, name
 
 
+def _layout_entries_or_fail(names: list[str], path: Path) -> list[tuple[str, str, str]]:
+    entries = list(_layout_entries(names))
+    if not entries:
+        raise DataError(
+            f"{path} holds no images in the Kaggle layout train/<emotion>/*.jpg "
+            f"(emotions: {', '.join(LABELS)})"
+        )
+    return entries
+
+
+def _as_splits(
+    faces: dict[str, list[np.ndarray]], labels: dict[str, list[int]]
+) -> dict[str, Split]:
+    empty = np.zeros((0, INPUT_SIZE, INPUT_SIZE), np.uint8)
+    return {
+        split: Split(
+            np.stack(faces[split]) if faces[split] else empty,
+            np.asarray(labels[split], dtype=np.int64),
+        )
+        for split in faces
+    }
+
+
 def _decode_entries(
     entries: list[tuple[str, str, str]], read: Callable[[str], bytes], limit: int | None
 ) -> dict[str, Split]:
@@ -121,13 +144,7 @@ def _decode_entries(
         labels[split].append(LABELS.index(label))
         taken[split, label] += 1
     _report_unreadable(unreadable, total=len(unreadable) + sum(taken.values()))
-    return {
-        split: Split(
-            np.stack(faces[split]) if faces[split] else np.zeros((0, INPUT_SIZE, INPUT_SIZE), "u1"),
-            np.asarray(labels[split], dtype=np.int64),
-        )
-        for split in faces
-    }
+    return _as_splits(faces, labels)
 
 
 def _report_unreadable(names: list[str], total: int) -> None:
@@ -146,23 +163,13 @@ def read_zip(path: Path, limit: int | None) -> dict[str, Split]:
     except zipfile.BadZipFile as error:
         raise DataError(f"{path} is not a readable zip archive: {error}") from error
     with archive:
-        entries = list(_layout_entries(archive.namelist()))
-        if not entries:
-            raise DataError(
-                f"{path} holds no images in the Kaggle layout train/<emotion>/*.jpg "
-                f"(emotions: {', '.join(LABELS)})"
-            )
+        entries = _layout_entries_or_fail(archive.namelist(), path)
         return _decode_entries(entries, archive.read, limit)
 
 
 def read_folder(path: Path, limit: int | None) -> dict[str, Split]:
     names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
-    entries = list(_layout_entries(names))
-    if not entries:
-        raise DataError(
-            f"{path} holds no images in the Kaggle layout train/<emotion>/*.jpg "
-            f"(emotions: {', '.join(LABELS)})"
-        )
+    entries = _layout_entries_or_fail(names, path)
     return _decode_entries(entries, lambda name: (path / name).read_bytes(), limit)
 
 
@@ -193,13 +200,7 @@ def read_csv(path: Path, limit: int | None) -> dict[str, Split]:
             labels[split].append(label)
             taken[split, label] += 1
     _report_unreadable(bad_rows, total=len(bad_rows) + sum(taken.values()))
-    return {
-        split: Split(
-            np.stack(faces[split]) if faces[split] else np.zeros((0, INPUT_SIZE, INPUT_SIZE), "u1"),
-            np.asarray(labels[split], dtype=np.int64),
-        )
-        for split in faces
-    }
+    return _as_splits(faces, labels)
 
 
 def read_splits(path: Path, limit: int | None = None) -> tuple[dict[str, Split], str]:
