@@ -1,7 +1,8 @@
 """Score an exported model on the test split and write the evidence an ML engineer reads.
 
-It evaluates the ONNX file itself through onnxruntime, the exact graph the service runs, so the
-numbers include whatever calibration and test-time augmentation were folded into it.
+It evaluates the ONNX file itself through the service's own model class, the exact graph and
+preprocessing the service runs, so the numbers include whatever calibration and test-time
+augmentation were folded into it.
 
 Writes into the output folder:
     metrics.json             accuracy, macro-F1, per-class precision/recall/F1, confusion
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import LABELS, ModelContract
+from service.contract import LABELS
 from training.data import Split
 
 log = logging.getLogger(__name__)
@@ -30,19 +31,12 @@ log = logging.getLogger(__name__)
 CALIBRATION_BINS = 15
 
 
-def predict_onnx(model_path: Path, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Probabilities for uint8 N x 48 x 48 faces, preprocessed per the model's own contract."""
-    import onnxruntime as ort
+def predict_onnx(model_path: Path, faces: np.ndarray) -> np.ndarray:
+    """Probabilities for uint8 N x 48 x 48 faces through the service's own model class, so the
+    scores come from the same contract checks and preprocessing that serve them."""
+    from service.model import EmotionModel
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    contract = ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
-    input_name = session.get_inputs()[0].name
-    images = faces[..., None].astype(np.float32) * contract.pixel_scale
-    batches = [
-        session.run(None, {input_name: images[start : start + batch_size]})[0]
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(batches).astype(np.float64)
+    return EmotionModel.load(Path(model_path)).predict(faces).astype(np.float64)
 
 
 def expected_calibration_error(

@@ -83,8 +83,10 @@ def check_parity(model_bytes: bytes, keras_reference, images: np.ndarray) -> flo
     """Max |Keras - onnxruntime| over real faces; refuses the export above the tolerance."""
     import onnxruntime as ort
 
+    from training.train import as_images
+
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    batch = images[..., None].astype(np.float32)
+    batch = as_images(images)
     expected = keras_reference(batch)
     actual = session.run([OUTPUT_NAME], {session.get_inputs()[0].name: batch})[0]
     if actual.shape != (len(batch), len(LABELS)):

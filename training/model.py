@@ -89,23 +89,28 @@ def build_training_model(model: ModelConfig, augment: AugmentConfig) -> keras.Mo
 
 def logits_model(classifier: keras.Model) -> keras.Model:
     """The classifier up to its `logits` layer."""
-    return keras.Model(classifier.inputs, classifier.get_layer("logits").output)
+    return keras.Model(classifier.input, classifier.get_layer("logits").output)
+
+
+def shipped_logits(
+    logits_fn: keras.Model, images: keras.KerasTensor, flip_tta: bool
+) -> keras.KerasTensor:
+    """The logits the shipped model softmaxes: averaged with the mirror image's when `flip_tta`.
+
+    One function for validation-time decisions, the exported graph and its parity check, so the
+    numbers chosen on validation are the numbers the service computes.
+    """
+    if not flip_tta:
+        return logits_fn(images, training=False)
+    # One batch of 2N (originals, then mirrors) runs faster than two batches of N.
+    mirrored = keras.ops.flip(images, axis=2)
+    both = logits_fn(keras.ops.concatenate([images, mirrored], axis=0), training=False)
+    plain_logits, mirrored_logits = keras.ops.split(both, 2, axis=0)
+    return (plain_logits + mirrored_logits) / 2.0
 
 
 def calibrated_probabilities(
     logits_fn: keras.Model, images: keras.KerasTensor, temperature: float, flip_tta: bool
 ) -> keras.KerasTensor:
-    """The shipped prediction: logits (averaged with the mirror image's), / temperature, softmax.
-
-    One function for validation-time decisions, the exported graph and its parity check, so the
-    numbers chosen on validation are the numbers the service computes.
-    """
-    if flip_tta:
-        # One batch of 2N (originals, then mirrors) runs faster than two batches of N.
-        mirrored = keras.ops.flip(images, axis=2)
-        both = logits_fn(keras.ops.concatenate([images, mirrored], axis=0), training=False)
-        plain_logits, mirrored_logits = keras.ops.split(both, 2, axis=0)
-        logits = (plain_logits + mirrored_logits) / 2.0
-    else:
-        logits = logits_fn(images, training=False)
-    return keras.ops.softmax(logits / temperature, axis=-1)
+    """The shipped prediction: shipped logits / temperature, softmax."""
+    return keras.ops.softmax(shipped_logits(logits_fn, images, flip_tta) / temperature, axis=-1)

@@ -201,23 +201,28 @@ def load_float32_classifier(config: Config, weights: Path):
     return classifier
 
 
-def validation_logits(classifier, x: np.ndarray, flip: bool, batch_size: int = 256) -> np.ndarray:
-    from training.model import logits_model
+def validation_logits(
+    classifier: keras.Model, x: np.ndarray, flip_tta: bool, batch_size: int = 256
+) -> np.ndarray:
+    """The shipped logits (see `model.shipped_logits`) of faces `x`, in batches."""
+    from training.model import logits_model, shipped_logits
 
     logits_fn = logits_model(classifier)
-    images = as_images(x)
-    if flip:
-        images = images[:, :, ::-1, :]
-    return np.asarray(logits_fn.predict(images, batch_size=batch_size, verbose=0), np.float64)
+    batches = [
+        keras.ops.convert_to_numpy(
+            shipped_logits(logits_fn, as_images(x[start : start + batch_size]), flip_tta)
+        )
+        for start in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(batches).astype(np.float64)
 
 
 def choose_prediction(config: Config, classifier, validation) -> dict[str, Any]:
     """Decide flip averaging and fit the softmax temperature, on validation only."""
     from training.calibrate import fit_temperature
 
-    plain = validation_logits(classifier, validation.x, flip=False)
-    mirrored = validation_logits(classifier, validation.x, flip=True)
-    averaged = (plain + mirrored) / 2
+    plain = validation_logits(classifier, validation.x, flip_tta=False)
+    averaged = validation_logits(classifier, validation.x, flip_tta=True)
     accuracy_plain = float((plain.argmax(1) == validation.y).mean())
     accuracy_flip = float((averaged.argmax(1) == validation.y).mean())
     flip_tta = {"on": True, "off": False}.get(config.train.flip_tta, accuracy_flip > accuracy_plain)
