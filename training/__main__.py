@@ -71,12 +71,27 @@ def run(args: argparse.Namespace) -> None:
             f"ECE {metrics['expected_calibration_error']:.4f}  -> {args.out / 'metrics.json'}"
         )
     elif args.command == "export":
-        from training.data import load_test_split
+        from training.config import config_from_dict
+        from training.data import load_dataset
+        from training.errors import ExportError
         from training.export import export_run, read_run
 
-        data = args.data or Path(read_run(args.run)["data"]["source"])
-        parity_faces = load_test_split(data, limit=10)
-        path = export_run(args.run, args.out or args.run, parity_faces, args.crop_margin)
+        record = read_run(args.run)
+        data = args.data or Path(record["data"]["source"])
+        fraction = config_from_dict(record["config"]).train.validation_fraction
+        dataset = load_dataset(data, fraction, record["seed"], record.get("limit"))
+        if dataset.sha256 != record["data"]["sha256"]:
+            raise ExportError(
+                f"{data} is not the data set {args.run} was trained on (sha256 differs), so "
+                "its validation split would not be the run's: pass the run's own --data"
+            )
+        path = export_run(
+            args.run,
+            args.out or args.run,
+            parity=dataset.test,
+            validation=dataset.validation,
+            crop_margin=args.crop_margin,
+        )
         print(f"model written to {path}")
 
 

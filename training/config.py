@@ -77,6 +77,8 @@ class ExportConfig:
     crop_margin: float = 1.0
     """Scale from a face detector's box to a FER2013-like crop, carried in the contract."""
     opset: int = 17
+    quantize: Literal["none", "int8"] = "int8"
+    """`int8`: static int8 convolutions, calibrated and checked on validation (~3x faster)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Config:
             (t.flip_tta in ("auto", "on", "off"), "train.flip_tta must be 'auto', 'on' or 'off'"),
             (0.5 <= e.crop_margin <= 3.0, "export.crop_margin must be in [0.5, 3.0]"),
             (13 <= e.opset <= 21, "export.opset must be in [13, 21]"),
+            (e.quantize in ("none", "int8"), "export.quantize must be 'none' or 'int8'"),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:

@@ -139,9 +139,17 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def export_run(
-    run_dir: Path, out_dir: Path, parity: Split, crop_margin: float | None = None
+    run_dir: Path,
+    out_dir: Path,
+    parity: Split,
+    validation: Split,
+    crop_margin: float | None = None,
 ) -> Path:
-    """Export `run_dir`'s best classifier to `out_dir/emotion.onnx`; returns that path."""
+    """Export `run_dir`'s best classifier to `out_dir/emotion.onnx`; returns that path.
+
+    `parity` faces check the float graph against Keras; `validation` calibrates and checks the
+    int8 graph when the config asks for one (never test/: quantisation is a choice).
+    """
     from training.train import BEST_WEIGHTS, load_float32_classifier
 
     record = read_run(run_dir)
@@ -187,10 +195,36 @@ def export_run(
         difference,
         len(parity.x[:PARITY_IMAGES]),
     )
+    if config.export.quantize == "int8":
+        model_proto = quantized(model_proto, validation)
     path = Path(out_dir) / MODEL_FILE
     write_atomically(model_proto, path)
     log.info("exported %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
+
+
+def quantized(float_proto, validation: Split):
+    """The int8 version of `float_proto`, carrying its check against float in the metadata."""
+    import onnx
+
+    from training.quantize import check_quantized, quantize_int8
+    from training.train import as_images
+
+    float_model = float_proto.SerializeToString()
+    images = as_images(validation.x)
+    int8_model = quantize_int8(float_model, images)
+    report = check_quantized(float_model, int8_model, images, validation.y)
+    log.info(
+        "int8: validation accuracy %.4f (float %.4f), same answer on %.1f%% of %d faces",
+        report["int8_accuracy"],
+        report["float_accuracy"],
+        100 * report["agreement"],
+        report["faces"],
+    )
+    int8_proto = onnx.load_from_string(int8_model)
+    int8_proto.producer_name = float_proto.producer_name
+    set_metadata(int8_proto, {"emotion_quantization": json.dumps(report | {"type": "int8"})})
+    return int8_proto
 
 
 def stamp_metrics(model_path: Path, metrics: dict[str, Any]) -> None:

@@ -362,7 +362,7 @@ def train(
     from training.evaluate import evaluate_model
     from training.export import export_run, stamp_metrics
 
-    model_path = export_run(out, out, dataset.test)
+    model_path = export_run(out, out, parity=dataset.test, validation=dataset.validation)
     metrics = evaluate_model(model_path, dataset.test, out, history=out / LOG_FILE)
     stamp_metrics(model_path, metrics)
     return model_path

@@ -4,17 +4,20 @@ a model onnxruntime serves, plus resume and the refusals that protect a run."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from service.contract import LABELS, ModelContract
 from training import export as export_module
-from training.data import read_splits
+from training import quantize as quantize_module
+from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
 from training.train import train
 
@@ -102,15 +105,63 @@ def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_zip: Path) -> None:
         train(tiny_zip, tmp_path / "empty", resume=True)
 
 
-def test_export_refuses_to_write_when_onnxruntime_disagrees(
-    finished_run: Path, tiny_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def run_splits(run: Path, data: Path) -> Dataset:
+    """The run's own splits, carved again from its recorded seed."""
+    record = json.loads((run / "run.json").read_text())
+    fraction = record["config"]["train"]["validation_fraction"]
+    return load_dataset(data, fraction, record["seed"], record["limit"])
+
+
+def operators(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+@pytest.mark.parametrize(
+    ("module", "setting", "message"),
+    [
+        (export_module, "PARITY_TOLERANCE", "parity check failed"),
+        (quantize_module, "MAX_ACCURACY_LOSS", "int8 quantisation changed the model"),
+    ],
+)
+def test_export_refuses_to_write_a_model_that_fails_a_check(
+    finished_run: Path,
+    tiny_zip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: object,
+    setting: str,
+    message: str,
 ) -> None:
-    test = read_splits(tiny_zip)[0]["test"]
-    # A negative tolerance makes any difference, even zero, a disagreement.
-    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)
-    with pytest.raises(ExportError, match="parity check failed"):
-        export_module.export_run(finished_run, tmp_path, test)
+    dataset = run_splits(finished_run, tiny_zip)
+    # A negative tolerance makes any difference, even none, a failure.
+    monkeypatch.setattr(module, setting, -1.0)
+    with pytest.raises(ExportError, match=message):
+        export_module.export_run(finished_run, tmp_path, dataset.test, dataset.validation)
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary left behind
+
+
+def test_the_shipped_graph_is_int8_and_says_what_that_cost(
+    finished_run: Path, tiny_zip: Path
+) -> None:
+    model = finished_run / "emotion.onnx"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= operators(model)
+    metadata = session_for(model).get_modelmeta().custom_metadata_map
+    report = json.loads(metadata["emotion_quantization"])
+    assert report["type"] == "int8"
+    assert report["agreement"] >= quantize_module.MIN_AGREEMENT
+    assert report["faces"] == len(run_splits(finished_run, tiny_zip).validation)
+
+
+def test_quantize_none_exports_float32(finished_run: Path, tiny_zip: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["export"]["quantize"] = "none"
+    (run / "run.json").write_text(json.dumps(record))
+    dataset = run_splits(run, tiny_zip)
+    model = export_module.export_run(run, tmp_path, dataset.test, dataset.validation)
+    assert "QuantizeLinear" not in operators(model)
+    assert "emotion_quantization" not in session_for(model).get_modelmeta().custom_metadata_map
 
 
 def test_parity_check_catches_a_different_graph(finished_run: Path, tiny_zip: Path) -> None:
