@@ -7,6 +7,9 @@ crops, or misreads an unmistakable smile on a real photo through the default det
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -40,15 +43,27 @@ def test_the_model_reads_fer2013_test_faces_far_above_chance(shipped: EmotionMod
     assert len(np.unique(predicted)) >= 5  # not collapsed onto a couple of labels
 
 
-def test_a_real_smile_is_read_as_happy_through_detection() -> None:
+@pytest.fixture(scope="module")
+def portrait_answer() -> dict:
     app = create_app(Settings(model_path=SHIPPED))
     with TestClient(app) as client:
         portrait = (DATA_DIR / "astronaut.jpg").read_bytes()
-        answer = client.post("/predict", files={"file": ("astronaut.jpg", portrait)}).json()
-    (face,) = answer["faces"]
+        return client.post("/predict", files={"file": ("astronaut.jpg", portrait)}).json()
+
+
+def test_a_real_smile_is_read_as_happy_through_detection(portrait_answer: dict) -> None:
+    (face,) = portrait_answer["faces"]
     assert face["detected"] is True
     assert face["emotion"] == "happy"
     assert set(face["probabilities"]) == set(LABELS)
+
+
+def test_the_readme_quotes_the_shipped_models_real_answer(portrait_answer: dict) -> None:
+    """The README's first example answer is what this model says, so a new model updates it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    quoted = re.search(r"## Try it.*?```json\n(.*?)```", readme, re.DOTALL)
+    assert quoted, "README.md has no JSON answer under '## Try it'"
+    assert json.loads(quoted.group(1)) == portrait_answer
 
 
 def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) -> None:

@@ -35,11 +35,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--history", type=Path, help="training_log.csv for the curves")
     evaluate.add_argument("--limit", type=int)
+    evaluate.add_argument(
+        "--stamp",
+        action="store_true",
+        help="also write the test metrics into the model's metadata (what GET /model reports)",
+    )
 
     export = commands.add_parser("export", help="export a run's best weights to ONNX")
     export.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
     export.add_argument("--out", type=Path, help="where emotion.onnx goes (default: --run)")
-    export.add_argument("--data", type=Path, help="data for the parity check (default: the run's)")
+    export.add_argument(
+        "--data", type=Path, help="data for the parity and int8 checks (default: the run's)"
+    )
     export.add_argument(
         "--crop-margin", type=float, help="override the contract's crop margin (see MODEL_CARD.md)"
     )
@@ -66,6 +73,10 @@ def run(args: argparse.Namespace) -> None:
         metrics = evaluate_model(
             args.model, load_test_split(args.data, args.limit), args.out, history=history
         )
+        if args.stamp:
+            from training.export import stamp_metrics
+
+            stamp_metrics(args.model, metrics)
         print(
             f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
             f"ECE {metrics['expected_calibration_error']:.4f}  -> {args.out / 'metrics.json'}"

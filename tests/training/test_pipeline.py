@@ -181,11 +181,24 @@ def test_parity_check_catches_a_different_graph(finished_run: Path, tiny_zip: Pa
         export_module.check_parity(proto.SerializeToString(), sharper, faces)
 
 
-def test_export_command_rewrites_a_model_from_a_run(finished_run: Path, tmp_path: Path) -> None:
+def test_export_then_evaluate_stamp_ships_a_model_from_a_run(
+    finished_run: Path, tiny_zip: Path, tmp_path: Path
+) -> None:
+    """The two commands that re-ship a finished run after an export change."""
+    model = tmp_path / "emotion.onnx"
     result = run_cli("export", "--run", str(finished_run), "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    session = session_for(tmp_path / "emotion.onnx")
-    assert ModelContract.from_metadata(session.get_modelmeta().custom_metadata_map)
+    metadata = session_for(model).get_modelmeta().custom_metadata_map
+    assert ModelContract.from_metadata(metadata)
+    assert "test" not in json.loads(metadata["emotion_metrics"])
+
+    evidence = tmp_path / "evidence"
+    arguments = ["--model", str(model), "--data", str(tiny_zip), "--out", str(evidence)]
+    result = run_cli("evaluate", *arguments, "--stamp")
+    assert result.returncode == 0, result.stderr
+    carried = json.loads(session_for(model).get_modelmeta().custom_metadata_map["emotion_metrics"])
+    written = json.loads((evidence / "metrics.json").read_text())
+    assert carried["test"]["accuracy"] == written["accuracy"]
 
 
 def test_evaluate_command_prints_and_writes_metrics(
