@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh machine with Python 3.11:
 #   make serve   run the service on the shipped model (http://127.0.0.1:8000; HOST/PORT override)
-#   make test    install what the tests need and run the whole suite
+#   make test    install what the tests need and run the whole suite (browser tests: Debian's
+#                chromium, `apt-get install chromium`; .ci/run installs it)
 # Installs are stamped: a second run with unchanged requirements installs nothing.
 
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint format train clean
+.PHONY: serve test lint format train screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,10 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The README's PNGs, taken by the system Chromium from the service running the shipped model.
+screenshots: $(VENV)/.dev-installed
+	$(BIN)/python -m scripts.screenshots
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .

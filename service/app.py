@@ -13,18 +13,24 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from service.deps import ServiceState
 from service.faces import FaceDetector
 from service.images import ImageLimits
 from service.model import EmotionModel
+from service.pages_policy import PagesPolicy
 from service.pipeline import EmotionPipeline
-from service.routes import predict, status
+from service.routes import annotated, page, predict, status
 from service.settings import Settings
 from service.uploads import MULTIPART_OVERHEAD, BodySizeLimit
 
 log = logging.getLogger("service")
+
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
 
 DESCRIPTION = """
 Upload an image; for every face in it, get where the face is and how likely each of seven
@@ -56,17 +62,28 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
         yield
         state.ready = False
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from the installed
+    # fastapi-offline package instead of a CDN, so they work on a machine without internet.
+    app = FastAPIOffline(
+        docs_url=DOCS_URL,
+        redoc_url=REDOC_URL,
         title="Facial emotion recognition",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # No "valid" badge fetched from validator.swagger.io (which would also be sent the
+        # address of this service's OpenAPI document): nothing leaves the host.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = state
+    app.add_middleware(
+        PagesPolicy, docs_paths=(DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url)
+    )
     app.add_middleware(
         BodySizeLimit,
         limits={
             "/predict": settings.max_upload_bytes + MULTIPART_OVERHEAD,
+            "/predict/annotated": settings.max_upload_bytes + MULTIPART_OVERHEAD,
             "/predict/batch": settings.max_batch_bytes,
         },
     )
@@ -79,13 +96,11 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
             max_age=600,
         )
     app.include_router(predict.router)
+    app.include_router(annotated.router)
     app.include_router(status.router)
+    app.include_router(page.router)
+    app.mount(page.STATIC_PATH, StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_exception_handler(Exception, _unexpected)
-
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
     return app
 
 

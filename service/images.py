@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -47,13 +48,25 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
     EXIF orientation is applied, so the array (and every box measured on it) is the image as a
     viewer shows it. Multi-frame files (animated WebP/PNG, multi-page TIFF) give their first frame.
     """
+    return _decode(data, limits, "L")
+
+
+def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """Decode an upload into an upright `uint8` RGB array of shape `(height, width, 3)`: the same
+    pixels `decode_grayscale` sees, in colour, for drawing the answer on what the client sent."""
+    return _decode(data, limits, "RGB")
+
+
+def _decode(data: bytes, limits: ImageLimits, mode: Literal["L", "RGB"]) -> np.ndarray:
+    """The upload decoded, upright, 8-bit, without alpha (see `_flatten`), in `mode`. The
+    conversion happens before the file is closed: a closed image cannot be read."""
     if not data:
         raise ImageRejected(400, "the uploaded file is empty")
     if len(data) > limits.max_bytes:
         raise ImageRejected(413, f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
     image = _open_header(data, limits)
     with image:
-        if image.format == "JPEG" and image.mode == "RGB":
+        if mode == "L" and image.format == "JPEG" and image.mode == "RGB":
             # Decode the luma channel only: the same gray (ITU-R 601) at a third of the memory
             # and time of decoding colour and converting it.
             image.draft("L", image.size)
@@ -67,8 +80,7 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
             raise ImageRejected(
                 400, f"the {image.format} image is truncated or corrupt ({error})"
             ) from error
-        upright = _exif_upright(image)
-        return _to_grayscale(upright)
+        return np.asarray(_flatten(_exif_upright(image)).convert(mode), dtype=np.uint8)
 
 
 def _open_header(data: bytes, limits: ImageLimits) -> Image.Image:
@@ -124,12 +136,14 @@ def _exif_upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def _to_grayscale(image: Image.Image) -> np.ndarray:
+def _flatten(image: Image.Image) -> Image.Image:
+    """8-bit L or RGB: 16-bit samples scaled down, transparency shown on white, palettes,
+    CMYK and YCbCr expanded."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         # 16-bit samples (0..65535) to 8-bit; 32-bit integer TIFFs are clipped to that range.
         wide = np.asarray(image).astype(np.float32)
-        return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
     if mode == "F":
         raise ImageRejected(
             415, "32-bit floating-point images are not supported: send 8- or 16-bit"
@@ -140,4 +154,4 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
         image = Image.alpha_composite(background, rgba)
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
-    return np.asarray(image.convert("L"), dtype=np.uint8)
+    return image

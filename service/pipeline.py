@@ -6,8 +6,9 @@ it off the event loop onto a bounded pool of worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -19,6 +20,8 @@ from service.model import EmotionModel
 from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileError, Prediction
 
 PROBABILITY_DECIMALS = 6
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,12 @@ class EmotionPipeline:
         self, uploads: Sequence[bytes | ImageRejected], detect: DetectMode, max_faces: int
     ) -> list[Prediction | FileError]:
         """`predict` in a worker thread; at most `worker_threads` run at once, the rest queue."""
-        return await anyio.to_thread.run_sync(
-            self.predict, uploads, detect, max_faces, limiter=self._limiter
-        )
+        return await self.in_worker(self.predict, uploads, detect, max_faces)
+
+    async def in_worker(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in a worker thread, counted against the same `worker_threads` as every
+        prediction: other CPU-bound work of a request (drawing an answer) cannot bypass it."""
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._limiter)
 
     def predict(
         self, uploads: Sequence[bytes | ImageRejected], detect: DetectMode, max_faces: int

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
 from service.deps import NOT_READY, PipelineDep, SettingsDep
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
@@ -27,7 +28,7 @@ MaxFacesQuery = Annotated[
 ]
 
 
-def _error(description: str, example: str) -> dict[str, Any]:
+def error_response(description: str, example: str) -> dict[str, Any]:
     return {
         "model": ErrorDetail,
         "description": description,
@@ -36,23 +37,53 @@ def _error(description: str, example: str) -> dict[str, Any]:
 
 
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _error("Empty, truncated or corrupt image.", "the uploaded file is empty"),
-    413: _error(
+    400: error_response("Empty, truncated or corrupt image.", "the uploaded file is empty"),
+    413: error_response(
         "The file is over MAX_UPLOAD_BYTES, or its header claims more than MAX_IMAGE_PIXELS.",
         "the image is 100000x100000 = 10000000000 pixels; the limit is 50000000: "
         "send a smaller image",
     ),
-    415: _error(
+    415: error_response(
         "Not a supported image (SVG, HTML, zip, GIF, PDF...).",
         "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF",
     ),
-    422: _error(
+    422: error_response(
         "A missing `file` field, a bad query parameter, or an absurd aspect ratio "
         "(over MAX_ASPECT_RATIO).",
         "the image is 4000x100: its aspect ratio 40.0 is over the limit of 20",
     ),
-    503: _error("The model is not loaded yet; retry after `Retry-After` seconds.", NOT_READY),
+    503: error_response(
+        "The model is not loaded yet; retry after `Retry-After` seconds.", NOT_READY
+    ),
 }
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    """One uploaded image and what the pipeline found in it."""
+
+    upload: bytes
+    prediction: Prediction
+
+
+async def analyse_one_image(
+    file: Annotated[UploadFile, File(description=f"The image: {FORMATS}.")],
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    detect: DetectQuery = DetectMode.auto,
+    max_faces: MaxFacesQuery = 20,
+) -> AnalysedImage:
+    """The input of every one-image endpoint, parsed and analysed in one place, so that they take
+    the same field and parameters and refuse a bad file with the same status and message."""
+    upload = await read_upload(file, settings.max_upload_bytes)
+    (result,) = await pipeline.run([upload], detect, max_faces)
+    if isinstance(result, FileError):
+        raise HTTPException(status_code=result.status, detail=result.detail)
+    assert isinstance(upload, bytes)  # a refused upload gave a FileError above
+    return AnalysedImage(upload=upload, prediction=result)
+
+
+AnalysedImageDep = Annotated[AnalysedImage, Depends(analyse_one_image)]
 
 
 @router.post(
@@ -60,32 +91,22 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     summary="Emotions of the faces in one image",
     responses=UPLOAD_ERRORS,
 )
-async def predict(
-    file: Annotated[UploadFile, File(description=f"The image: {FORMATS}.")],
-    pipeline: PipelineDep,
-    settings: SettingsDep,
-    detect: DetectQuery = DetectMode.auto,
-    max_faces: MaxFacesQuery = 20,
-) -> Prediction:
+async def predict(analysed: AnalysedImageDep) -> Prediction:
     """Every face in the image, largest first: where it is, the most probable emotion and the
     probability of each of the seven. EXIF orientation is honoured: boxes, `width` and `height`
     are those of the image as a viewer shows it."""
-    upload = await read_upload(file, settings.max_upload_bytes)
-    (result,) = await pipeline.run([upload], detect, max_faces)
-    if isinstance(result, FileError):
-        raise HTTPException(status_code=result.status, detail=result.detail)
-    return result
+    return analysed.prediction
 
 
 @router.post(
     "/predict/batch",
     summary="Emotions of the faces in several images",
     responses={
-        413: _error(
+        413: error_response(
             "The whole request is over MAX_BATCH_BYTES.",
             "the request body is over the limit of 67108864 bytes: send a smaller file",
         ),
-        422: _error(
+        422: error_response(
             "No `files` field, more files than MAX_BATCH_FILES, or a bad query parameter.",
             "send at most 32 files per batch (MAX_BATCH_FILES)",
         ),

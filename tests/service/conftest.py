@@ -16,6 +16,7 @@ from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import DATA_DIR
+from tests.service.browser import NO_CHROMIUM
 from tests.service.onnx_models import build_emotion_model
 
 PORTRAIT = DATA_DIR / "astronaut.jpg"
@@ -78,3 +79,23 @@ def make_client(model_path: Path) -> Callable[..., AbstractContextManager[TestCl
 def client(make_client: Callable[..., AbstractContextManager[TestClient]]) -> Iterator[TestClient]:
     with make_client() as started:
         yield started
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """Browser tests skipped for want of a browser must not pass unnoticed in a green run: say
+    so last, below the short summary, where the eye lands."""
+    yield
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if NO_CHROMIUM in str(report.longrepr)
+    ]
+    if skipped:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(skipped)} BROWSER TESTS DID NOT RUN: {NO_CHROMIUM}. "
+            "Install it (apt-get install chromium) or set CHROMIUM; in CI this fails",
+            red=True,
+            bold=True,
+        )

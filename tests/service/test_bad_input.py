@@ -42,13 +42,18 @@ BAD_FILES = [
 ]
 
 
+ONE_IMAGE_PATHS = ("/predict", "/predict/annotated")
+"""The endpoints that take one `file`: the same input, the same refusals."""
+
+
+@pytest.mark.parametrize("path", ONE_IMAGE_PATHS)
 @pytest.mark.parametrize(("data", "status", "phrase"), BAD_FILES)
-def test_bad_file_is_a_4xx_with_a_detail(client, portrait_bytes, data, status, phrase):
-    response = client.post("/predict", files={"file": ("upload", data)})
+def test_bad_file_is_a_4xx_with_a_detail(client, portrait_bytes, path, data, status, phrase):
+    response = client.post(path, files={"file": ("upload", data)})
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     assert phrase in response.json()["detail"]
-    assert client.post("/predict", files={"file": portrait_bytes}).status_code == 200
+    assert client.post(path, files={"file": portrait_bytes}).status_code == 200
 
 
 @pytest.mark.parametrize(("data", "status", "phrase"), BAD_FILES)
@@ -66,8 +71,8 @@ def test_bad_file_in_a_batch_is_reported_in_its_place(client, portrait_bytes, da
     ["detect=sometimes", "max_faces=0", "max_faces=101", "max_faces=many", "max_faces=2.5"],
 )
 def test_bad_parameters_are_422(client, portrait_bytes, query):
-    for path in ("/predict", "/predict/batch"):
-        field = "file" if path == "/predict" else "files"
+    for path in (*ONE_IMAGE_PATHS, "/predict/batch"):
+        field = "files" if path == "/predict/batch" else "file"
         response = client.post(f"{path}?{query}", files={field: portrait_bytes})
         assert response.status_code == 422
         assert response.json()["detail"]
@@ -83,23 +88,24 @@ def test_bad_parameters_are_422(client, portrait_bytes, query):
     ],
 )
 def test_missing_file_field_is_422(client, request_options):
-    for path in ("/predict", "/predict/batch"):
+    for path in (*ONE_IMAGE_PATHS, "/predict/batch"):
         response = client.post(path, **request_options)
         assert response.status_code == 422
         assert response.json()["detail"]
 
 
-def test_upload_over_the_size_limit_is_413(make_client, portrait_bytes):
+@pytest.mark.parametrize("path", ONE_IMAGE_PATHS)
+def test_upload_over_the_size_limit_is_413(make_client, portrait_bytes, path):
     with make_client(max_upload_bytes=len(portrait_bytes) - 1) as limited:
-        response = limited.post("/predict", files={"file": portrait_bytes})
+        response = limited.post(path, files={"file": portrait_bytes})
         assert response.status_code == 413
         assert "limit" in response.json()["detail"]
         big = b"\xff" * (len(portrait_bytes) + 1024 * 1024)  # over the body limit too
-        response = limited.post("/predict", files={"file": big})
+        response = limited.post(path, files={"file": big})
         assert response.status_code == 413
         assert "the request body is over the limit" in response.json()["detail"]
         small = encode(np.full((40, 40), 128, np.uint8))
-        assert limited.post("/predict", files={"file": small}).status_code == 200
+        assert limited.post(path, files={"file": small}).status_code == 200
 
 
 def test_batch_over_its_total_limit_is_413(make_client, portrait_bytes):

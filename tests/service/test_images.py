@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import ImageLimits, ImageRejected, decode_grayscale
+from service.images import ImageLimits, ImageRejected, decode_grayscale, decode_rgb
 from tests.service.conftest import encode
 
 LIMITS = ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000, max_aspect_ratio=20.0)
@@ -119,6 +119,29 @@ def test_transparent_pixels_are_shown_on_white(portrait):
 
     la = decode_grayscale(encode(rgba.convert("LA")), LIMITS)
     assert np.all(la[:, :100] == 255)
+
+
+@pytest.mark.parametrize(
+    ("make", "tolerance"),
+    [
+        pytest.param(lambda image: encode(image), 0, id="png"),
+        pytest.param(lambda image: encode(image, "JPEG", quality=95), 4, id="jpeg"),
+        pytest.param(lambda image: _sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
+        pytest.param(lambda image: encode(image.convert("CMYK"), "JPEG"), 6, id="jpeg-cmyk"),
+    ],
+)
+def test_colour_decodes_to_the_same_pixels_in_rgb(portrait, portrait_gray, make, tolerance):
+    data = make(portrait)
+    rgb = decode_rgb(data, LIMITS)
+    assert rgb.dtype == np.uint8 and rgb.shape == (512, 512, 3)
+    assert np.abs(rgb.astype(int) - np.asarray(portrait).astype(int)).mean() <= tolerance
+    gray = np.asarray(Image.fromarray(rgb).convert("L")).astype(int)
+    assert np.abs(gray - decode_grayscale(data, LIMITS).astype(int)).mean() <= 1
+
+
+def test_grayscale_sixteen_bit_decodes_to_gray_rgb(portrait_gray):
+    rgb = decode_rgb(encode(Image.fromarray(portrait_gray.astype(np.uint16) * 257)), LIMITS)
+    assert all(np.array_equal(rgb[:, :, channel], portrait_gray) for channel in range(3))
 
 
 def test_exif_orientation_is_honoured(portrait):

@@ -15,12 +15,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 import pytest
 
 from tests.service.onnx_models import build_emotion_model
 from tests.service.server import free_port, running_service, service_env
+from tests.service.test_pages import parsed
 
 TRAINING_PACKAGES = ("tensorflow", "keras", "tf2onnx")
 
@@ -113,6 +115,16 @@ def test_the_image_contents_serve_with_the_serve_requirements_alone(
         assert response.status_code == 200
         (face,) = response.json()["faces"]
         assert face["detected"] is True
+        drawn = httpx.post(
+            f"{url}/predict/annotated",
+            files={"file": portrait_bytes},
+            headers={"Accept": "image/jpeg"},
+            timeout=60,
+        )
+        assert drawn.headers["content-type"] == "image/jpeg"
+        for page in ("/", "/docs", "/redoc"):  # the page's files and the docs' packaged assets
+            for asset in parsed(httpx.get(f"{url}{page}", timeout=30).text).urls:
+                assert httpx.get(urljoin(f"{url}{page}", asset), timeout=30).status_code == 200
 
         (healthcheck,) = dockerfile_instructions(dockerfile, "HEALTHCHECK")
         port = url.rsplit(":", 1)[1]
