@@ -27,7 +27,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--epochs", type=int, help="override the config's epochs")
     train.add_argument("--limit", type=int, help="at most N images per class per split")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--seed", type=int, default=1337)
+    train.add_argument(
+        "--seed", type=int, help="seeds the validation split and training (default 1337)"
+    )
 
     evaluate = commands.add_parser("evaluate", help="score an exported model on test/")
     evaluate.add_argument("--model", type=Path, required=True, help="an exported emotion.onnx")

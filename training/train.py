@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from service.contract import LABELS
-from training.config import Config, load_config
+from training.config import Config, config_from_dict, load_config
 from training.errors import RunError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ RUN_FILE = "run.json"
 LOG_FILE = "training_log.csv"
 CHECKPOINT_DIR = "checkpoint"
 BEST_WEIGHTS = "best_classifier.weights.h5"
+DEFAULT_SEED = 1337
 
 
 # --- set-up -------------------------------------------------------------------------------------
@@ -67,6 +68,45 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
     if not resume and (has_checkpoint or (out / RUN_FILE).exists()):
         raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def resumed_settings(
+    out: Path, config_path: Path | None, seed: int | None, limit: int | None
+) -> tuple[Config, int, int | None]:
+    """The config, seed and limit a run started with, which its resumption must keep.
+
+    Another config would silently mix two recipes in one model, and another seed or limit would
+    carve another validation split, leaking validation faces into training: both are refused.
+    """
+    record_file = out / RUN_FILE
+    if not record_file.exists():
+        raise RunError(f"--resume: {out} has a checkpoint but no {RUN_FILE} saying how it started")
+    record = json.loads(record_file.read_text())
+    recorded = {
+        "--config": config_from_dict(record["config"]),
+        "--seed": record["seed"],
+        "--limit": record["limit"],
+    }
+    asked = {
+        "--config": same_length(load_config(config_path), recorded["--config"])
+        if config_path is not None
+        else None,
+        "--seed": seed,
+        "--limit": limit,
+    }
+    changed = [flag for flag, value in asked.items() if value not in (None, recorded[flag])]
+    if changed:
+        raise RunError(
+            f"--resume: {out} was started with another {', '.join(changed)}; a resumed run keeps "
+            "its own, so leave them out (or start a new run with another --out)"
+        )
+    return recorded["--config"], recorded["--seed"], recorded["--limit"]
+
+
+def same_length(config: Config, run: Config) -> Config:
+    """`config` with `run`'s epochs, which `--epochs` may change on any run, resumed or not."""
+    schedule = {"epochs": run.train.epochs, "warmup_epochs": run.train.warmup_epochs}
+    return replace(config, train=replace(config.train, **schedule))
 
 
 def class_weights(y: np.ndarray, power: float) -> np.ndarray:
@@ -278,17 +318,26 @@ def train(
     epochs: int | None = None,
     limit: int | None = None,
     resume: bool = False,
-    seed: int = 1337,
+    seed: int | None = None,
 ) -> Path:
-    """From data to `out/emotion.onnx` with its evidence; returns the model's path."""
-    config = load_config(config_path)
+    """From data to `out/emotion.onnx` with its evidence; returns the model's path.
+
+    A new run takes `config_path` (default: the shipped recipe) and `seed` (default 1337); a
+    resumed one goes on with the config, seed and limit it recorded when it started.
+    """
+    out = Path(out)
+    if resume:
+        prepare_run_dir(out, resume)
+        config, seed, limit = resumed_settings(out, config_path, seed, limit)
+    else:
+        config, seed = load_config(config_path), DEFAULT_SEED if seed is None else seed
     if epochs is not None:
         # A quick run with fewer epochs keeps the warm-up shorter than the run itself.
         warmup = min(config.train.warmup_epochs, max(epochs - 1, 0))
         overridden = replace(config.train, epochs=epochs, warmup_epochs=warmup)
         config = replace(config, train=overridden).validate()
-    out = Path(out)
-    prepare_run_dir(out, resume)
+    if not resume:
+        prepare_run_dir(out, resume)
 
     from training.data import load_dataset
 

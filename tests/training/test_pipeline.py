@@ -17,6 +17,7 @@ import pytest
 from service.contract import LABELS, ModelContract
 from training import export as export_module
 from training import quantize as quantize_module
+from training.config import DEFAULT_CONFIG
 from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
 from training.train import train
@@ -93,6 +94,21 @@ def test_resume_continues_from_the_last_epoch(
     train(tiny_zip, out, smoke_config, epochs=3, resume=True)
     epochs = [line.split(",")[0] for line in (out / "training_log.csv").read_text().splitlines()]
     assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
+
+
+def test_resume_keeps_the_recipe_and_split_the_run_started_with(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path
+) -> None:
+    out = tmp_path / "run"
+    train(tiny_zip, out, smoke_config, epochs=1)
+    for changed in ({"seed": 7}, {"limit": 3}, {"config_path": DEFAULT_CONFIG}):
+        with pytest.raises(RunError, match="was started with another"):
+            train(tiny_zip, out, epochs=2, resume=True, **changed)
+    # No --config: the run goes on with its own tiny recipe, not today's default.
+    train(tiny_zip, out, epochs=2, resume=True)
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["model"]["filters"] == [8, 16]
+    assert record["seed"] == 1337
 
 
 def test_a_new_run_never_overwrites_an_old_one(finished_run: Path, tiny_zip: Path) -> None:
