@@ -25,13 +25,18 @@ _ALPHA_BACKGROUND = (255, 255, 255, 255)
 """Transparent pixels are shown on white, as a browser shows them on a default page."""
 
 
-class ImageRejected(Exception):
-    """An upload that cannot be used; `status_code` and `detail` go back to the client."""
+_REASON_BY_STATUS = {400: "corrupt", 413: "too_large", 415: "not_an_image", 422: "aspect_ratio"}
 
-    def __init__(self, status_code: int, detail: str) -> None:
+
+class ImageRejected(Exception):
+    """An upload that cannot be used; `status_code` and `detail` go back to the client, and
+    `reason` (a short fixed word) labels the rejection in the service's metrics."""
+
+    def __init__(self, status_code: int, detail: str, *, reason: str | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+        self.reason = reason or _REASON_BY_STATUS.get(status_code, "other")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
     viewer shows it. Multi-frame files (animated WebP/PNG, multi-page TIFF) give their first frame.
     """
     if not data:
-        raise ImageRejected(400, "the uploaded file is empty")
+        raise ImageRejected(400, "the uploaded file is empty", reason="empty")
     if len(data) > limits.max_bytes:
         raise ImageRejected(413, f"the file is {len(data)} bytes; the limit is {limits.max_bytes}")
     image = _open_header(data, limits)
@@ -83,7 +88,9 @@ def _open_header(data: bytes, limits: ImageLimits) -> Image.Image:
         ) from error
     except Image.DecompressionBombError as error:
         raise ImageRejected(
-            413, f"the image claims more than the limit of {limits.max_pixels} pixels"
+            413,
+            f"the image claims more than the limit of {limits.max_pixels} pixels",
+            reason="too_many_pixels",
         ) from error
     except Exception as error:
         raise ImageRejected(400, f"the image header is corrupt ({error})") from error
@@ -112,6 +119,7 @@ def _too_many_pixels(size: tuple[int, int], limits: ImageLimits) -> ImageRejecte
         413,
         f"the image is {width}x{height} = {width * height} pixels; the limit is "
         f"{limits.max_pixels}: send a smaller image",
+        reason="too_many_pixels",
     )
 
 
@@ -132,7 +140,9 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
         return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
     if mode == "F":
         raise ImageRejected(
-            415, "32-bit floating-point images are not supported: send 8- or 16-bit"
+            415,
+            "32-bit floating-point images are not supported: send 8- or 16-bit",
+            reason="unsupported_depth",
         )
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
