@@ -46,8 +46,9 @@ class FaceDetector:
         # detectMultiScale already spreads its work over the cores, so serialising costs little.
         self._lock = threading.Lock()
 
-    def detect(self, gray: np.ndarray, max_faces: int) -> list[FaceBox]:
-        """At most `max_faces` faces in `gray`, largest first (ties: top to bottom, then left)."""
+    def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
+        """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
+        bottom, then left)."""
         height, width = gray.shape
         scale = min(1.0, self.max_side / max(height, width))
         small = gray
@@ -62,7 +63,7 @@ class FaceDetector:
             )
         boxes = [_scale_back(box, scale, width, height) for box in np.asarray(found).reshape(-1, 4)]
         boxes.sort(key=lambda box: (-box.area, box.y, box.x))
-        return boxes[:max_faces]
+        return boxes if max_faces is None else boxes[:max_faces]
 
 
 def _scale_back(box: np.ndarray, scale: float, width: int, height: int) -> FaceBox:

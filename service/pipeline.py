@@ -13,10 +13,12 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from service import metrics
 from service.faces import FaceBox, FaceDetector, crop_face, crop_whole_image
 from service.images import ImageLimits, ImageRejected, decode_grayscale
 from service.model import EmotionModel
 from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileError, Prediction
+from service.stages import stage
 
 PROBABILITY_DECIMALS = 6
 
@@ -28,6 +30,8 @@ class _FacesInImage:
     boxes: list[FaceBox]
     detected: bool
     crops: list[np.ndarray]
+    found: int
+    """Faces in the image, before `max_faces` kept the largest."""
 
 
 @dataclass
@@ -59,8 +63,10 @@ class EmotionPipeline:
             try:
                 if isinstance(upload, ImageRejected):
                     raise upload
-                gray = decode_grayscale(upload, self.limits)
+                with stage("decode"):
+                    gray = decode_grayscale(upload, self.limits)
             except ImageRejected as rejected:
+                metrics.image_rejected(rejected.reason)
                 found.append(FileError(detail=rejected.detail, status=rejected.status_code))
                 continue
             found.append(self._faces(gray, detect, max_faces))
@@ -70,7 +76,8 @@ class EmotionPipeline:
         ]
         size = self.model.contract.input_size
         batch = np.stack(crops) if crops else np.empty((0, size, size), np.uint8)
-        probabilities = iter(self.model.predict(batch))
+        with stage("infer"):
+            probabilities = iter(self.model.predict(batch))
         return [
             image if isinstance(image, FileError) else self._answer(image, probabilities)
             for image in found
@@ -80,12 +87,17 @@ class EmotionPipeline:
         height, width = gray.shape
         size, margin = self.model.contract.input_size, self.model.contract.crop_margin
         if detect is not DetectMode.never:
-            boxes = self.detector.detect(gray, max_faces)
+            with stage("detect"):
+                every_box = self.detector.detect(gray)
+            boxes = every_box[:max_faces]
             if boxes or detect is DetectMode.always:
-                crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
-                return _FacesInImage(width, height, boxes, True, crops)
+                with stage("crop"):
+                    crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
+                return _FacesInImage(width, height, boxes, True, crops, found=len(every_box))
         whole = FaceBox(0, 0, width, height)
-        return _FacesInImage(width, height, [whole], False, [crop_whole_image(gray, size=size)])
+        with stage("crop"):
+            crops = [crop_whole_image(gray, size=size)]
+        return _FacesInImage(width, height, [whole], False, crops, found=1)
 
     def _answer(self, image: _FacesInImage, probabilities: Iterator[np.ndarray]) -> Prediction:
         labels = self.model.labels
@@ -103,5 +115,9 @@ class EmotionPipeline:
                 )
             )
         return Prediction(
-            faces=faces, width=image.width, height=image.height, model=self.model.model_id
+            faces=faces,
+            faces_found=image.found,
+            width=image.width,
+            height=image.height,
+            model=self.model.model_id,
         )
