@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,16 @@ class FaceBox:
     @property
     def area(self) -> int:
         return self.width * self.height
+
+    def rescaled(self, shape: tuple[int, int], to_shape: tuple[int, int]) -> FaceBox:
+        """This box, measured on an image of `shape` (height, width), in pixels of the same
+        image at `to_shape`; clipped to it."""
+        return _box_in(
+            (self.x, self.y, self.width, self.height),
+            to_shape[1] / shape[1],
+            to_shape[0] / shape[0],
+            to_shape,
+        )
 
 
 class FaceDetector:
@@ -61,15 +72,22 @@ class FaceDetector:
             found = self._cascade.detectMultiScale(
                 small, scaleFactor=1.1, minNeighbors=5, minSize=minimum
             )
-        boxes = [_scale_back(box, scale, width, height) for box in np.asarray(found).reshape(-1, 4)]
+        boxes = [
+            _box_in(box, 1 / scale, 1 / scale, (height, width))
+            for box in np.asarray(found).reshape(-1, 4).tolist()
+        ]
         boxes.sort(key=lambda box: (-box.area, box.y, box.x))
         return boxes if max_faces is None else boxes[:max_faces]
 
 
-def _scale_back(box: np.ndarray, scale: float, width: int, height: int) -> FaceBox:
-    x, y, w, h = (float(value) / scale for value in box)
-    left, top = max(0, round(x)), max(0, round(y))
-    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+def _box_in(
+    box: Sequence[float], factor_x: float, factor_y: float, shape: tuple[int, int]
+) -> FaceBox:
+    """`box` (x, y, width, height) scaled by the factors and clipped to an image of `shape`."""
+    x, y, w, h = box
+    height, width = shape
+    left, top = max(0, round(x * factor_x)), max(0, round(y * factor_y))
+    right, bottom = min(width, round((x + w) * factor_x)), min(height, round((y + h) * factor_y))
     return FaceBox(left, top, right - left, bottom - top)
 
 

@@ -6,6 +6,7 @@ it off the event loop onto a bounded pool of worker threads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from service import metrics
 from service.faces import FaceBox, FaceDetector, crop_face, crop_whole_image
-from service.images import ImageLimits, ImageRejected, decode_grayscale
+from service.images import DecodedImage, ImageLimits, ImageRejected, decode_upright
 from service.model import EmotionModel
 from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileError, Prediction
 from service.stages import stage
@@ -64,12 +65,12 @@ class EmotionPipeline:
                 if isinstance(upload, ImageRejected):
                     raise upload
                 with stage("decode"):
-                    gray = decode_grayscale(upload, self.limits)
+                    decoded = decode_upright(upload, self.limits, min_side=self._sharp_side(detect))
             except ImageRejected as rejected:
                 metrics.image_rejected(rejected.reason)
                 found.append(FileError(detail=rejected.detail, status=rejected.status_code))
                 continue
-            found.append(self._faces(gray, detect, max_faces))
+            found.append(self._faces(decoded, detect, max_faces))
 
         crops = [
             crop for image in found if isinstance(image, _FacesInImage) for crop in image.crops
@@ -83,8 +84,20 @@ class EmotionPipeline:
             for image in found
         ]
 
-    def _faces(self, gray: np.ndarray, detect: DetectMode, max_faces: int) -> _FacesInImage:
-        height, width = gray.shape
+    def _sharp_side(self, detect: DetectMode) -> int:
+        """How long the decoded image's longer side must be (large JPEGs are decoded reduced to
+        just that): enough for the smallest face the detector reports (`min_face_pixels` on its
+        copy of `max_side` pixels) to be cut from at least `input_size` pixels; a whole image
+        classified as one face needs only `input_size`."""
+        size = self.model.contract.input_size
+        if detect is DetectMode.never:
+            return size
+        return math.ceil(self.detector.max_side * size / self.detector.min_face_pixels)
+
+    def _faces(self, decoded: DecodedImage, detect: DetectMode, max_faces: int) -> _FacesInImage:
+        """Faces are found and cropped on `decoded.gray`; their boxes are answered in pixels of
+        the full upright image."""
+        gray, width, height = decoded.gray, decoded.width, decoded.height
         size, margin = self.model.contract.input_size, self.model.contract.crop_margin
         if detect is not DetectMode.never:
             with stage("detect"):
@@ -93,7 +106,8 @@ class EmotionPipeline:
             if boxes or detect is DetectMode.always:
                 with stage("crop"):
                     crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
-                return _FacesInImage(width, height, boxes, True, crops, found=len(every_box))
+                full = [box.rescaled(gray.shape, (height, width)) for box in boxes]
+                return _FacesInImage(width, height, full, True, crops, found=len(every_box))
         whole = FaceBox(0, 0, width, height)
         with stage("crop"):
             crops = [crop_whole_image(gray, size=size)]

@@ -81,6 +81,10 @@ async def predict(
     "/predict/batch",
     summary="Emotions of the faces in several images",
     responses={
+        400: _error(
+            "The body is not valid multipart form data.",
+            "Invalid multipart data.",
+        ),
         413: _error(
             "The whole request is over MAX_BATCH_BYTES.",
             "the request body is over the limit of 67108864 bytes: send a smaller file",
