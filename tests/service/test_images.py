@@ -80,7 +80,7 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(portrait_gray, format):
     assert np.array_equal(decode_grayscale(data, LIMITS), portrait_gray)
 
 
-def _sixteen_bit_png(portrait, alpha: bool) -> bytes:
+def sixteen_bit_png(portrait, alpha: bool) -> bytes:
     """A 16-bit-per-channel PNG (Pillow writes only 8-bit colour, OpenCV writes 16)."""
     bgr = (np.asarray(portrait).astype(np.uint16) * 257)[:, :, ::-1]
     if alpha:
@@ -93,8 +93,8 @@ def _sixteen_bit_png(portrait, alpha: bool) -> bytes:
 @pytest.mark.parametrize(
     ("make", "tolerance"),
     [
-        pytest.param(lambda image: _sixteen_bit_png(image, alpha=False), 0.5, id="png-16-bit-rgb"),
-        pytest.param(lambda image: _sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
+        pytest.param(lambda image: sixteen_bit_png(image, alpha=False), 0.5, id="png-16-bit-rgb"),
+        pytest.param(lambda image: sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
         pytest.param(lambda image: encode(image.convert("CMYK"), "JPEG"), 4, id="jpeg-cmyk"),
         pytest.param(
             lambda image: encode(image, "JPEG", progressive=True), 4, id="jpeg-progressive"

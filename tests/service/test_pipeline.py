@@ -1,4 +1,4 @@
-"""The pipeline's resolution choices: a large JPEG is decoded reduced, answers stay in full pixels."""
+"""The pipeline's choice of resolution: large JPEGs decoded reduced, boxes in full pixels."""
 
 from __future__ import annotations
 
