@@ -71,9 +71,9 @@ class ApiKeyGate:
         if problem is None:
             await self.app(scope, receive, send)
             return
-        response = JSONResponse(
-            {"detail": problem}, status_code=401, headers={**CHALLENGE, "Connection": "close"}
-        )
+        # The connection stays open: closing it with the client's body still unread would reset
+        # it (TCP RST), and the client could lose the answer (see service/shedding.py).
+        response = JSONResponse({"detail": problem}, status_code=401, headers=CHALLENGE)
         await response(scope, receive, send)
 
 

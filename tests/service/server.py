@@ -58,6 +58,14 @@ class ServiceProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_output(self, text: str, seconds: float = 10) -> str:
+        """The output once it contains `text` (a log line is written just after its answer)."""
+        deadline = time.monotonic() + seconds
+        while text not in (output := self.output()):
+            assert time.monotonic() < deadline, f"no {text!r} in the output:\n{output}"
+            time.sleep(0.05)
+        return output
+
 
 @contextmanager
 def service_process(
