@@ -57,10 +57,25 @@ def run_load(
     seconds: float,
     params: dict[str, str] | None = None,
     timeout: float = 30.0,
+    requests: int | None = None,
 ) -> LoadRun:
-    """`clients` clients post `photos` (in turn) to /predict for `seconds`, then finish the
-    requests in flight."""
-    return asyncio.run(_load(base_url, photos, clients, seconds, params or {}, timeout))
+    """`clients` clients post `photos` (in turn) to /predict for `seconds` (or until `requests`
+    have been sent, whichever comes first), then finish the requests in flight."""
+    budget = _Budget(requests)
+    return asyncio.run(_load(base_url, photos, clients, seconds, params or {}, timeout, budget))
+
+
+@dataclass
+class _Budget:
+    """Requests left to send, shared by the clients (one event loop: no lock needed)."""
+
+    left: int | None
+
+    def take(self) -> bool:
+        if self.left is None:
+            return True
+        self.left -= 1
+        return self.left >= 0
 
 
 async def _load(
@@ -70,13 +85,14 @@ async def _load(
     seconds: float,
     params: dict[str, str],
     timeout: float,
+    budget: _Budget,
 ) -> LoadRun:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as http:
         started = time.perf_counter()
         stop_at = started + seconds
         runs = await asyncio.gather(
-            *(_client(http, photos, index, stop_at, params) for index in range(clients))
+            *(_client(http, photos, index, stop_at, params, budget) for index in range(clients))
         )
         elapsed = time.perf_counter() - started
     return LoadRun(clients, elapsed, [outcome for run in runs for outcome in run])
@@ -88,10 +104,11 @@ async def _client(
     index: int,
     stop_at: float,
     params: dict[str, str],
+    budget: _Budget,
 ) -> list[Outcome]:
     outcomes = []
     sent = index  # clients start on different photos
-    while time.perf_counter() < stop_at:
+    while time.perf_counter() < stop_at and budget.take():
         photo = photos[sent % len(photos)]
         sent += 1
         started = time.perf_counter()
