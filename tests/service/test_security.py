@@ -146,7 +146,8 @@ def test_the_image_runs_as_a_numeric_non_root_user_and_writes_no_bytecode(repo_r
     uid, _, gid = user.partition(":")
     # numeric: Kubernetes can only enforce runAsNonRoot on a numeric user
     assert uid.isdigit() and int(uid) > 0 and (not gid or int(gid) > 0)
-    assert any(f"--uid {uid}" in run for run in dockerfile_instructions(dockerfile, "RUN"))
+    runs = dockerfile_instructions(dockerfile, "RUN")
+    assert any(f"--uid {uid}" in run and f"--gid {gid}" in run for run in runs)  # user exists
     env = " ".join(dockerfile_instructions(dockerfile, "ENV"))
     assert "PYTHONDONTWRITEBYTECODE=1" in env
 
