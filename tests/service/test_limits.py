@@ -119,6 +119,20 @@ def slow_upload(url: str, path: str = "/predict", headers: str = "") -> Iterator
         yield sock
 
 
+def wait_until_in_progress(url: str, count: int, seconds: float = 10) -> None:
+    """Until exactly `count` requests are in progress in the service, besides the asking one:
+    slow uploads have reached the app, or the service has noticed that they went away (a fixed
+    sleep could be too short on a loaded machine). With several workers the gauge adds up all
+    of them."""
+    deadline = time.monotonic() + seconds
+    while True:
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        if _count(metrics, "emotion_http_requests_in_progress") - 1 == count:
+            return
+        assert time.monotonic() < deadline, f"not {count} requests in progress"
+        time.sleep(0.05)
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and body of one HTTP/1.1 answer with a Content-Length."""
     data = b""
@@ -165,7 +179,7 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(tiny, p
         with ExitStack() as holding:
             for _ in range(2):
                 holding.enter_context(slow_upload(tiny))
-            time.sleep(0.3)  # both heads have reached the service and taken their places
+            wait_until_in_progress(tiny, 2)  # both have taken their places
             start = time.monotonic()
             refused = http.post("/predict", files={"file": portrait_bytes})
             refused_batch = http.post("/predict/batch", files={"files": portrait_bytes})
@@ -179,6 +193,7 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(tiny, p
             metrics = http.get("/metrics").text
             assert _count(metrics, "emotion_requests_shed_total") - shed_before == 2
         # the slow clients went away: their places are free again
+        wait_until_in_progress(tiny, 0)
         recovered = http.post("/predict", files={"file": portrait_bytes})
         assert recovered.status_code == 200
         assert len(recovered.json()["faces"]) == 1
@@ -187,5 +202,5 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(tiny, p
 def test_requests_within_the_room_wait_their_turn_instead_of_being_shed(tiny, portrait_bytes):
     """Room for two: one slow upload holds a place, a second request still gets through."""
     with slow_upload(tiny), httpx.Client(base_url=tiny, timeout=30) as http:
-        time.sleep(0.3)
+        wait_until_in_progress(tiny, 1)
         assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200

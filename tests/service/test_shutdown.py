@@ -11,7 +11,12 @@ import httpx
 import pytest
 
 from tests.service.server import service_process
-from tests.service.test_limits import BOUNDARY, read_response, slow_upload
+from tests.service.test_limits import (
+    BOUNDARY,
+    read_response,
+    slow_upload,
+    wait_until_in_progress,
+)
 
 
 def _finish_upload(sock: socket.socket, image: bytes) -> None:
@@ -40,7 +45,7 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
     settings = {"WORKERS": workers, "SHUTDOWN_TIMEOUT_SECONDS": "20"}
     with service_process(model_path, settings=settings) as service:
         with slow_upload(service.url) as in_flight:
-            time.sleep(0.3)  # the request has reached the app
+            wait_until_in_progress(service.url, 1)
             service.process.send_signal(signal.SIGTERM)
             service.wait_for_output("shutting down: /ready answers 503")
             deadline = time.monotonic() + 10
@@ -59,7 +64,7 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
 def test_a_request_that_outlasts_the_shutdown_timeout_does_not_hold_the_process(model_path):
     settings = {"SHUTDOWN_TIMEOUT_SECONDS": "1"}
     with service_process(model_path, settings=settings) as service, slow_upload(service.url):
-        time.sleep(0.3)
+        wait_until_in_progress(service.url, 1)
         start = time.monotonic()
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(timeout=15) == 0
