@@ -65,7 +65,7 @@ class EmotionPipeline:
                 if isinstance(upload, ImageRejected):
                     raise upload
                 with stage("decode"):
-                    decoded = decode_upright(upload, self.limits, min_side=self._sharp_side(detect))
+                    decoded = decode_upright(upload, self.limits, min_side=self.decode_side(detect))
             except ImageRejected as rejected:
                 metrics.image_rejected(rejected.reason)
                 found.append(FileError(detail=rejected.detail, status=rejected.status_code))
@@ -84,7 +84,7 @@ class EmotionPipeline:
             for image in found
         ]
 
-    def _sharp_side(self, detect: DetectMode) -> int:
+    def decode_side(self, detect: DetectMode) -> int:
         """How long the decoded image's longer side must be (large JPEGs are decoded reduced to
         just that): enough for the smallest face the detector reports (`min_face_pixels` on its
         copy of `max_side` pixels) to be cut from at least `input_size` pixels; a whole image
