@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# Starlette asks TestClient users to move from httpx to httpx2; httpx is what is pinned.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from model_latency import per_face_ms, session_on_one_thread  # noqa: E402
@@ -42,12 +45,13 @@ from service.images import decode_upright  # noqa: E402
 from service.pipeline import EmotionPipeline  # noqa: E402
 from service.schemas import DetectMode  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.service.load import run_load  # noqa: E402
+from tests.service.load import LoadRun, run_load  # noqa: E402
 from tests.service.photos import VIDEO_SIZES, face_crop_png, scene_jpeg  # noqa: E402
 from tests.service.server import ServiceProcess, service_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PHOTO_SIZE = (640, 480)
+CONCURRENCY = (1, 4, 16)
 PHONE_SIZE = (4032, 3024)
 """A 12-megapixel phone photo: not one of the video sizes the cost target compares."""
 PORTRAIT_FACE_CENTRE = (224, 113)
@@ -68,42 +72,53 @@ def percentiles(seconds: list[float], cpu: list[float] | None = None) -> dict[st
 
 
 @contextmanager
-def recording_stages(record: dict[str, list[float]]) -> Iterator[None]:
+def recording_stages() -> Iterator[Callable[[dict[str, list[float]]], None]]:
     """Time every stage the pipeline runs, through its own stage hook (so the stage boundaries
-    are the pipeline's, not a copy of them here): wall time under the stage's name, CPU time of
-    this process (every thread: OpenCV's and onnxruntime's too) under `cpu:` and the name."""
+    are the pipeline's, not a copy of them here), into the record dict last given to the
+    function yielded: wall time under the stage's name, CPU time of this process (every thread:
+    OpenCV's and onnxruntime's too) under `cpu:` and the name."""
     original = service.pipeline.stage
+    target: list[dict[str, list[float]]] = [defaultdict(list)]
 
     @contextmanager
     def timed(name: str) -> Iterator[None]:
         started, cpu = time.perf_counter(), time.process_time()
         with original(name):
             yield
-        record[name].append(time.perf_counter() - started)
-        record[f"cpu:{name}"].append(time.process_time() - cpu)
+        target[0][name].append(time.perf_counter() - started)
+        target[0][f"cpu:{name}"].append(time.process_time() - cpu)
+
+    def record_into(record: dict[str, list[float]]) -> None:
+        target[0] = record
 
     service.pipeline.stage = timed
     try:
-        yield
+        yield record_into
     finally:
         service.pipeline.stage = original
 
 
-def stage_times(
-    pipeline: EmotionPipeline, data: bytes, detect: DetectMode, runs: int
-) -> dict[str, Any]:
-    """p50/p95 of each stage and of the whole analysis of one upload, and the floor: decode +
-    detect of the same runs, what no pipeline built on this decoder and detector can beat."""
-    record: dict[str, list[float]] = defaultdict(list)
-    with recording_stages(record):
-        for _ in range(max(5, runs // 10)):
-            pipeline.predict([data], detect, 20)
-        record.clear()
-        for _ in range(runs):
-            started, cpu = time.perf_counter(), time.process_time()
-            pipeline.predict([data], detect, 20)
-            record["total"].append(time.perf_counter() - started)
-            record["cpu:total"].append(time.process_time() - cpu)
+Case = tuple[bytes, DetectMode]
+
+
+def stage_times(pipeline: EmotionPipeline, cases: dict[str, Case], runs: int) -> dict[str, Any]:
+    """Per case: p50/p95 of each stage and of the whole analysis of its upload, and the floor
+    (decode + detect of the same runs: what no pipeline on this decoder and detector can beat).
+    The cases take turns, run after run, so a change in the machine's load hits all alike."""
+    records: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in cases}
+    with recording_stages() as record_into:
+        for run in range(max(5, runs // 10) + runs):
+            for name, (data, detect) in cases.items():
+                record = records[name] if run >= runs // 10 else defaultdict(list)  # warm-up
+                record_into(record)
+                started, cpu = time.perf_counter(), time.process_time()
+                pipeline.predict([data], detect, 20)
+                record["total"].append(time.perf_counter() - started)
+                record["cpu:total"].append(time.process_time() - cpu)
+    return {name: _stage_figures(record) for name, record in records.items()}
+
+
+def _stage_figures(record: dict[str, list[float]]) -> dict[str, Any]:
     stages = {
         name: percentiles(times, record[f"cpu:{name}"])
         for name, times in record.items()
@@ -123,65 +138,79 @@ def _sums(record: dict[str, list[float]], *names: str) -> list[float]:
 
 # --- over HTTP ----------------------------------------------------------------------------------
 
+Request = tuple[str, bytes | None, dict[str, str]]
+"""A path, the file to upload (None: a GET) and the query parameters."""
 
-def http_latency(
-    url: str, data: bytes, requests: int, params: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """One client, one request at a time, keep-alive: the latency a caller sees."""
-    timings, faces = [], set()
+
+def http_latency(url: str, cases: dict[str, Request], requests: int) -> dict[str, Any]:
+    """One client, one request at a time, keep-alive: the latency a caller sees, per case. The
+    cases take turns, so each sees the same background load."""
+    timings: dict[str, list[float]] = {name: [] for name in cases}
+    faces: dict[str, set[int]] = {name: set() for name in cases}
+    warm_up = max(5, requests // 10)
     with httpx.Client(base_url=url, timeout=60) as http:
-        for index in range(requests + max(5, requests // 10)):
-            started = time.perf_counter()
-            response = http.post("/predict", params=params, files={"file": ("photo", data)})
-            elapsed = time.perf_counter() - started
-            response.raise_for_status()
-            faces.add(len(response.json()["faces"]))
-            if index >= requests // 10:
-                timings.append(elapsed)
-    return percentiles(timings[:requests]) | {"faces": sorted(faces)}
+        for index in range(warm_up + requests):
+            for name, (path, data, params) in cases.items():
+                started = time.perf_counter()
+                if data is None:
+                    response = http.get(path, params=params)
+                else:
+                    response = http.post(path, params=params, files={"file": ("photo", data)})
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                if index >= warm_up:
+                    timings[name].append(elapsed)
+                if "faces" in response.json():
+                    faces[name].add(len(response.json()["faces"]))
+    return {name: percentiles(timings[name]) | {"faces": sorted(faces[name])} for name in cases}
 
 
-def health_latency(url: str, requests: int) -> dict[str, float]:
-    """GET /health: an HTTP round trip through the same server with no work in it."""
-    with httpx.Client(base_url=url, timeout=30) as http:
-        for _ in range(10):
-            http.get("/health")
-        timings = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            http.get("/health").raise_for_status()
-            timings.append(time.perf_counter() - started)
-    return percentiles(timings)
-
-
-def throughput(url: str, photo: bytes, clients: int, seconds: float) -> dict[str, Any]:
-    run = run_load(url, [photo], clients=clients, seconds=seconds)
-    answered = run.with_status(200)
-    return {
-        "clients": clients,
-        "photos_per_s": round(len(answered) / run.seconds, 1),
-        "errors": len(run.outcomes) - len(answered),
-        **percentiles([outcome.seconds for outcome in answered]),
-    }
+def throughput(url: str, photo: bytes, seconds: float, rounds: int = 3) -> list[dict[str, Any]]:
+    """Photos per second and latency at 1, 4 and 16 closed-loop clients, `seconds` each; the
+    three take turns in `rounds` rounds, so a change in the machine's load hits all alike."""
+    runs: dict[int, list[LoadRun]] = {clients: [] for clients in CONCURRENCY}
+    for _ in range(rounds):
+        for clients in CONCURRENCY:
+            runs[clients].append(run_load(url, [photo], clients=clients, seconds=seconds / rounds))
+    rows = []
+    for clients, parts in runs.items():
+        outcomes = [outcome for run in parts for outcome in run.outcomes]
+        answered = [outcome for outcome in outcomes if outcome.status == 200]
+        rows.append(
+            {
+                "clients": clients,
+                "photos_per_s": round(len(answered) / sum(run.seconds for run in parts), 1),
+                "errors": len(outcomes) - len(answered),
+                **percentiles([outcome.seconds for outcome in answered]),
+            }
+        )
+    return rows
 
 
 def size_costs(
     url: str, pipeline: EmotionPipeline, requests: int, runs: int
 ) -> list[dict[str, Any]]:
-    """One scene at each video size: in-process analysis, HTTP latency, and the faces found
-    (exactly one, where the portrait's face is)."""
+    """One scene at each video size (and a phone photo): in-process analysis and HTTP latency,
+    the sizes taking turns, and the faces found (exactly one, where the portrait's face is)."""
+    sizes = {f"{width}x{height}": (width, height) for width, height in (*VIDEO_SIZES, PHONE_SIZE)}
+    photos = {name: scene_jpeg(*size) for name, size in sizes.items()}
+    in_process = stage_times(
+        pipeline, {name: (data, DetectMode.auto) for name, data in photos.items()}, runs
+    )
+    http = http_latency(
+        url, {name: ("/predict", data, {}) for name, data in photos.items()}, requests
+    )
     rows = []
-    for width, height in (*VIDEO_SIZES, PHONE_SIZE):
-        data = scene_jpeg(width, height)
+    for name, data in photos.items():
         answer = httpx.post(f"{url}/predict", files={"file": data}, timeout=60).json()
         rows.append(
             {
-                "size": f"{width}x{height}",
+                "size": name,
                 "jpeg_kb": round(len(data) / 1024),
-                "in_process": stage_times(pipeline, data, DetectMode.auto, runs)["stages"],
-                "http": http_latency(url, data, requests),
+                "in_process": in_process[name]["stages"],
+                "http": http[name],
                 "faces": [face["box"] for face in answer["faces"]],
-                "face_in_place": _face_in_place(answer["faces"], width, height),
+                "face_in_place": _face_in_place(answer["faces"], *sizes[name]),
             }
         )
     return rows
@@ -201,20 +230,25 @@ def _face_in_place(faces: list[dict[str, Any]], width: int, height: int) -> bool
 
 def reduced_decoding(pipeline: EmotionPipeline, runs: int) -> list[dict[str, Any]]:
     """Decode + detect of large JPEGs decoded in full (as before) and reduced (as the pipeline
-    does): libjpeg's scaled decoding against a full decode and a larger resize for detection."""
-    rows = []
+    does), taking turns: libjpeg's scaled decoding against a full decode and a larger resize
+    for detection."""
     side = pipeline.decode_side(DetectMode.auto)
+    ways = {"full": None, "reduced": side}
+    rows = []
     for width, height in (VIDEO_SIZES[-1], PHONE_SIZE):
         data = scene_jpeg(width, height)
-        row: dict[str, Any] = {"size": f"{width}x{height}", "decode_side": side}
-        for name, min_side in (("full", None), ("reduced", side)):
-            timings = []
-            for _ in range(runs):
+        timings: dict[str, list[float]] = {way: [] for way in ways}
+        shapes = {}
+        for _ in range(runs):
+            for way, min_side in ways.items():
                 started = time.process_time()
                 decoded = decode_upright(data, pipeline.limits, min_side=min_side)
                 pipeline.detector.detect(decoded.gray)
-                timings.append(time.process_time() - started)
-            row[name] = {"decoded": list(decoded.gray.shape[::-1]), "cpu_ms": _median_ms(timings)}
+                timings[way].append(time.process_time() - started)
+                shapes[way] = list(decoded.gray.shape[::-1])
+        row: dict[str, Any] = {"size": f"{width}x{height}", "decode_side": side}
+        for way in ways:
+            row[way] = {"decoded": shapes[way], "cpu_ms": _median_ms(timings[way])}
         rows.append(row)
     return rows
 
@@ -297,22 +331,29 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     step("per-face model latency")
 
     with in_process_pipeline(settings) as pipeline:
-        result["photo_in_process"] = stage_times(pipeline, photo, DetectMode.auto, args.runs)
-        result["crop_in_process"] = stage_times(pipeline, crop, DetectMode.never, args.runs)
+        cases = {"photo": (photo, DetectMode.auto), "crop": (crop, DetectMode.never)}
+        in_process = stage_times(pipeline, cases, args.runs)
+        result["photo_in_process"], result["crop_in_process"] = (
+            in_process["photo"],
+            in_process["crop"],
+        )
         result["reduced_decoding"] = reduced_decoding(pipeline, max(5, args.runs // 10))
         step("stages in process")
 
         with service_process(args.model, settings={"LOG_LEVEL": "warning"}) as run:
             busy = {"at_rest_mb": rss_mb(run)}
-            result["health_http"] = health_latency(run.url, args.requests)
-            result["photo_http"] = http_latency(run.url, photo, args.requests)
-            result["crop_http"] = http_latency(run.url, crop, args.requests, {"detect": "never"})
+            requests = {
+                "photo": ("/predict", photo, {}),
+                "crop": ("/predict", crop, {"detect": "never"}),
+                "health": ("/health", None, {}),
+            }
+            http = http_latency(run.url, requests, args.requests)
+            result["photo_http"], result["crop_http"] = http["photo"], http["crop"]
+            result["health_http"] = http["health"]
             step("latency over HTTP")
             result["sizes"] = size_costs(run.url, pipeline, args.requests // 2, args.runs // 2)
             step("cost against image size")
-            result["throughput"] = [
-                throughput(run.url, photo, clients, args.seconds) for clients in (1, 4, 16)
-            ]
+            result["throughput"] = throughput(run.url, photo, args.seconds)
             step("throughput")
             busy["after_mb"] = rss_mb(run)
     result["memory"] = memory_soak(args.model, photo, args.soak_requests)
