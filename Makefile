@@ -2,13 +2,14 @@
 #   make serve   run the service on the shipped model (http://127.0.0.1:8000; HOST/PORT override)
 #   make test    install what the tests need and run the whole suite (browser tests: Debian's
 #                chromium, `apt-get install chromium`; .ci/run installs it)
+#   make bench   measure the service (latency, throughput, memory...) into bench/results/
 # Installs are stamped: a second run with unchanged requirements installs nothing.
 
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint format train screenshots clean
+.PHONY: serve test lint format train screenshots clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,12 @@ serve: $(VENV)/.serve-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
+
+# SOAK_REQUESTS=2000 make bench: a shorter memory soak (the default is the 10-minute one).
+SOAK_REQUESTS ?= 10000
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/serve_bench.py --soak-requests $(SOAK_REQUESTS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -2,17 +2,30 @@
 
 The model is loaded (and warmed up) before the server starts, so a missing or unusable model
 stops the process at once with one clear message and a non-zero exit status, not a traceback.
+With one worker that loaded model is the one served. With `WORKERS` > 1 uvicorn starts that
+many processes from the app factory; each loads and warms its own copy in its lifespan before
+it takes a connection, and their metrics meet in a directory on the temporary file system.
 """
 
 from __future__ import annotations
 
-import logging
+import logging.config
+import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app, load_model
+from service.logs import logging_config
+from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.model import ModelError
 from service.settings import Settings
 
@@ -25,9 +38,8 @@ def main() -> int:
     except ValidationError as error:
         print(f"error: bad configuration in the environment:\n{error}", file=sys.stderr)
         return EXIT_CONFIGURATION
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = logging_config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
 
     try:
         model = load_model(settings)
@@ -35,14 +47,63 @@ def main() -> int:
         print(f"error: cannot serve the model: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
 
-    uvicorn.run(
-        create_app(settings, model=model),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": log_config,
+        "access_log": False,  # the service logs each request itself, with its request id
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+    }
+    # uvicorn shuts down gracefully at SIGTERM and then raises the signal again for whatever
+    # handled it before; with this no-op handler there, a requested stop that went well exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, model=model), **options)
+    else:
+        del model  # each worker loads its own
+        config = uvicorn.Config(
+            "service.app:create_app", factory=True, workers=settings.workers, **options
+        )
+        with _metrics_shared_between_workers():
+            _Workers(config, sockets=[config.bind_socket()]).run()
     return 0
+
+
+class _Workers(Multiprocess):
+    """uvicorn's supervisor of worker processes (what `uvicorn.run` uses for workers > 1), which
+    also lets go of the listening socket at SIGTERM. Each worker closes its copy when it starts
+    to shut down, but the supervisor's own copy would keep the port open: new connections would
+    wait in the backlog until every worker had finished, then be reset, instead of being refused
+    at once (so that a client or load balancer tries elsewhere)."""
+
+    def handle_term(self) -> None:
+        self._close_sockets()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self._close_sockets()
+        super().handle_int()
+
+    def _close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@contextmanager
+def _metrics_shared_between_workers() -> Iterator[None]:
+    """Point the workers at an empty directory for their metrics (they inherit the environment):
+    the one PROMETHEUS_MULTIPROC_DIR names, else a fresh one in the temporary directory, removed
+    at the end."""
+    given = os.environ.get(MULTIPROC_ENV)
+    directory = Path(given or tempfile.mkdtemp(prefix="emotion-metrics-"))
+    prepare_multiprocess_dir(directory)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,22 @@ settings (and, optionally, a model already loaded by `python -m service`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+import cv2
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from service import metrics
+from service.access import AccessLog
+from service.cpus import ThreadBudget
+from service.deadline import RequestDeadline
 from service.deps import ServiceState
 from service.faces import FaceDetector
 from service.images import ImageLimits
@@ -24,13 +30,15 @@ from service.model import EmotionModel
 from service.pages_policy import PagesPolicy
 from service.pipeline import EmotionPipeline
 from service.routes import annotated, page, predict, status
+from service.routes import metrics as metrics_route
+from service.routes import model as model_route
+from service.security import ApiKeyGate, require_api_key
 from service.settings import Settings
+from service.shedding import LoadShedding
+from service.shutdown import drain_on_signals
 from service.uploads import MULTIPART_OVERHEAD, BodySizeLimit
 
 log = logging.getLogger("service")
-
-DOCS_URL = "/docs"
-REDOC_URL = "/redoc"
 
 DESCRIPTION = """
 Upload an image; for every face in it, get where the face is and how likely each of seven
@@ -44,23 +52,24 @@ Every client mistake is answered with a 4xx status and a JSON body `{"detail": .
 """
 
 
+PREDICT_PATHS = ("/predict", "/predict/batch", "/predict/annotated")
+DOCS_URL = "/docs"
+REDOC_URL = "/redoc"
+
+
 def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
+    """The app; `model`, when given, is served instead of loading MODEL_PATH. Also uvicorn's
+    factory (`service.app:create_app`) for the worker processes of WORKERS > 1."""
     settings = settings or Settings()
     state = ServiceState(settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(_start, state, model)
-        contract = state.model.contract
-        log.info(
-            "serving model %s from %s (crop margin %g, pixel scale %g)",
-            state.model.model_id[:12],
-            state.model.path,
-            contract.crop_margin,
-            contract.pixel_scale,
-        )
-        yield
+        with drain_on_signals(state.drain):
+            await anyio.to_thread.run_sync(_start, state, model)
+            yield
         state.ready = False
+        metrics.process_exiting()
 
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from the installed
     # fastapi-offline package instead of a CDN, so they work on a machine without internet.
@@ -76,6 +85,34 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
         swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = state
+    protected = [Depends(require_api_key)] if settings.api_key_value else []
+    app.include_router(predict.router, dependencies=protected)
+    app.include_router(annotated.router, dependencies=protected)
+    app.include_router(status.router)
+    app.include_router(model_route.router, dependencies=protected)
+    app.include_router(metrics_route.router, dependencies=protected)
+    app.include_router(page.router)
+    app.mount(page.STATIC_PATH, StaticFiles(directory=page.STATIC_DIR), name="static")
+    app.add_exception_handler(Exception, _unexpected)
+
+    routers = (
+        predict.router,
+        annotated.router,
+        status.router,
+        model_route.router,
+        metrics_route.router,
+        page.router,
+    )
+    served = {route.path for router in routers for route in router.routes}
+    served |= {DOCS_URL, app.swagger_ui_oauth2_redirect_url, REDOC_URL, "/openapi.json"}
+    _add_middleware(app, settings, served)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, served: set[str]) -> None:
+    """Outermost last: the access log sees every answer; CORS answers preflights before the key
+    is asked for; the key is checked before a request takes a place; the place is taken before
+    the deadline starts and the upload is read."""
     app.add_middleware(
         PagesPolicy, docs_paths=(DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url)
     )
@@ -87,35 +124,49 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
             "/predict/batch": settings.max_batch_bytes,
         },
     )
+    app.add_middleware(RequestDeadline, seconds=settings.request_timeout_seconds)
+    app.add_middleware(
+        LoadShedding,
+        capacity=settings.worker_threads + settings.max_queued_requests,
+        paths=PREDICT_PATHS,
+    )
+    if settings.api_key_value:
+        app.add_middleware(ApiKeyGate, key=settings.api_key_value)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
-    app.include_router(predict.router)
-    app.include_router(annotated.router)
-    app.include_router(status.router)
-    app.include_router(page.router)
-    app.mount(page.STATIC_PATH, StaticFiles(directory=page.STATIC_DIR), name="static")
-    app.add_exception_handler(Exception, _unexpected)
-    return app
+    app.add_middleware(AccessLog, routes=served)
+
+
+def thread_budget(settings: Settings) -> ThreadBudget:
+    return ThreadBudget.for_process(
+        workers=settings.workers,
+        intra_op_threads=settings.intra_op_threads,
+        opencv_threads=settings.opencv_threads,
+    )
 
 
 def load_model(settings: Settings) -> EmotionModel:
     """The model the settings name, checked and warmed up; `ModelError` says why not."""
     return EmotionModel.load(
         settings.model_path,
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=thread_budget(settings).onnxruntime,
         max_batch=settings.max_inference_batch,
     )
 
 
 def _start(state: ServiceState, model: EmotionModel | None) -> None:
-    """Load (unless given) and warm up the model, build the pipeline, then declare ready."""
+    """Size the thread pools, load (unless given) and warm up the model, build the pipeline,
+    then declare ready."""
     settings = state.settings
+    budget = thread_budget(settings)
+    cv2.setNumThreads(budget.opencv)
     if model is None:
         model = load_model(settings)
     detector = FaceDetector(
@@ -128,7 +179,22 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     )
     state.model = model
     state.pipeline = EmotionPipeline(model, detector, limits, settings.worker_threads)
+    metrics.serving_model(model.model_id)
     state.ready = True
+    contract = model.contract
+    log.info(
+        "process %d serving model %s from %s (crop margin %g, pixel scale %g) with %d "
+        "onnxruntime and %d OpenCV threads, %d requests at a time and %d waiting",
+        os.getpid(),
+        model.model_id[:12],
+        model.path,
+        contract.crop_margin,
+        contract.pixel_scale,
+        budget.onnxruntime,
+        budget.opencv,
+        settings.worker_threads,
+        settings.max_queued_requests,
+    )
 
 
 async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,16 @@ class FaceBox:
     def area(self) -> int:
         return self.width * self.height
 
+    def rescaled(self, shape: tuple[int, int], to_shape: tuple[int, int]) -> FaceBox:
+        """This box, measured on an image of `shape` (height, width), in pixels of the same
+        image at `to_shape`; clipped to it."""
+        return _box_in(
+            (self.x, self.y, self.width, self.height),
+            to_shape[1] / shape[1],
+            to_shape[0] / shape[0],
+            to_shape,
+        )
+
 
 class FaceDetector:
     """The Haar cascade, loaded once and shared by every request."""
@@ -46,29 +57,53 @@ class FaceDetector:
         # detectMultiScale already spreads its work over the cores, so serialising costs little.
         self._lock = threading.Lock()
 
-    def detect(self, gray: np.ndarray, max_faces: int) -> list[FaceBox]:
-        """At most `max_faces` faces in `gray`, largest first (ties: top to bottom, then left)."""
+    def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
+        """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
+        bottom, then left)."""
         height, width = gray.shape
         scale = min(1.0, self.max_side / max(height, width))
         small = gray
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+            small = shrink(gray, size)
         small = cv2.equalizeHist(small)
         minimum = (self.min_face_pixels, self.min_face_pixels)
         with self._lock:
             found = self._cascade.detectMultiScale(
                 small, scaleFactor=1.1, minNeighbors=5, minSize=minimum
             )
-        boxes = [_scale_back(box, scale, width, height) for box in np.asarray(found).reshape(-1, 4)]
+        boxes = [
+            _box_in(box, 1 / scale, 1 / scale, (height, width))
+            for box in np.asarray(found).reshape(-1, 4).tolist()
+        ]
         boxes.sort(key=lambda box: (-box.area, box.y, box.x))
-        return boxes[:max_faces]
+        return boxes if max_faces is None else boxes[:max_faces]
 
 
-def _scale_back(box: np.ndarray, scale: float, width: int, height: int) -> FaceBox:
-    x, y, w, h = (float(value) / scale for value in box)
-    left, top = max(0, round(x)), max(0, round(y))
-    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+def shrink(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`gray` made smaller, to `size` (width, height), by averaging.
+
+    OpenCV's INTER_AREA is quick for whole factors and slow otherwise (a 12-megapixel photo to
+    640 pixels: 21 ms of CPU here): so halve first, a 2x2 average on its quick path, while the
+    image is still twice the size or more, then let one INTER_AREA step do the rest; the same
+    average, in an eighth of the time. An odd last row or column is dropped before a halving."""
+    width, height = size
+    while gray.shape[1] >= 2 * width and gray.shape[0] >= 2 * height:
+        even = gray[: gray.shape[0] // 2 * 2, : gray.shape[1] // 2 * 2]
+        gray = cv2.resize(
+            even, (even.shape[1] // 2, even.shape[0] // 2), interpolation=cv2.INTER_AREA
+        )
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+def _box_in(
+    box: Sequence[float], factor_x: float, factor_y: float, shape: tuple[int, int]
+) -> FaceBox:
+    """`box` (x, y, width, height) scaled by the factors and clipped to an image of `shape`."""
+    x, y, w, h = box
+    height, width = shape
+    left, top = max(0, round(x * factor_x)), max(0, round(y * factor_y))
+    right, bottom = min(width, round((x + w) * factor_x)), min(height, round((y + h) * factor_y))
     return FaceBox(left, top, right - left, bottom - top)
 
 

@@ -6,6 +6,7 @@ it off the event loop onto a bounded pool of worker threads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,10 +15,12 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from service import metrics
 from service.faces import FaceBox, FaceDetector, crop_face, crop_whole_image
-from service.images import ImageLimits, ImageRejected, decode_grayscale
+from service.images import DecodedImage, ImageLimits, ImageRejected, decode_upright
 from service.model import EmotionModel
 from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileError, Prediction
+from service.stages import stage
 
 PROBABILITY_DECIMALS = 6
 
@@ -31,6 +34,8 @@ class _FacesInImage:
     boxes: list[FaceBox]
     detected: bool
     crops: list[np.ndarray]
+    found: int
+    """Faces in the image, before `max_faces` kept the largest."""
 
 
 @dataclass
@@ -65,33 +70,54 @@ class EmotionPipeline:
             try:
                 if isinstance(upload, ImageRejected):
                     raise upload
-                gray = decode_grayscale(upload, self.limits)
+                with stage("decode"):
+                    decoded = decode_upright(upload, self.limits, min_side=self.decode_side(detect))
             except ImageRejected as rejected:
+                metrics.image_rejected(rejected.reason)
                 found.append(FileError(detail=rejected.detail, status=rejected.status_code))
                 continue
-            found.append(self._faces(gray, detect, max_faces))
+            found.append(self._faces(decoded, detect, max_faces))
 
         crops = [
             crop for image in found if isinstance(image, _FacesInImage) for crop in image.crops
         ]
         size = self.model.contract.input_size
         batch = np.stack(crops) if crops else np.empty((0, size, size), np.uint8)
-        probabilities = iter(self.model.predict(batch))
+        with stage("infer"):
+            probabilities = iter(self.model.predict(batch))
         return [
             image if isinstance(image, FileError) else self._answer(image, probabilities)
             for image in found
         ]
 
-    def _faces(self, gray: np.ndarray, detect: DetectMode, max_faces: int) -> _FacesInImage:
-        height, width = gray.shape
+    def decode_side(self, detect: DetectMode) -> int:
+        """How long the decoded image's longer side must be (large JPEGs are decoded reduced to
+        just that): enough for the smallest face the detector reports (`min_face_pixels` on its
+        copy of `max_side` pixels) to be cut from at least `input_size` pixels; a whole image
+        classified as one face needs only `input_size`."""
+        size = self.model.contract.input_size
+        if detect is DetectMode.never:
+            return size
+        return math.ceil(self.detector.max_side * size / self.detector.min_face_pixels)
+
+    def _faces(self, decoded: DecodedImage, detect: DetectMode, max_faces: int) -> _FacesInImage:
+        """Faces are found and cropped on `decoded.gray`; their boxes are answered in pixels of
+        the full upright image."""
+        gray, width, height = decoded.gray, decoded.width, decoded.height
         size, margin = self.model.contract.input_size, self.model.contract.crop_margin
         if detect is not DetectMode.never:
-            boxes = self.detector.detect(gray, max_faces)
+            with stage("detect"):
+                every_box = self.detector.detect(gray)
+            boxes = every_box[:max_faces]
             if boxes or detect is DetectMode.always:
-                crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
-                return _FacesInImage(width, height, boxes, True, crops)
+                with stage("crop"):
+                    crops = [crop_face(gray, box, margin=margin, size=size) for box in boxes]
+                full = [box.rescaled(gray.shape, (height, width)) for box in boxes]
+                return _FacesInImage(width, height, full, True, crops, found=len(every_box))
         whole = FaceBox(0, 0, width, height)
-        return _FacesInImage(width, height, [whole], False, [crop_whole_image(gray, size=size)])
+        with stage("crop"):
+            crops = [crop_whole_image(gray, size=size)]
+        return _FacesInImage(width, height, [whole], False, crops, found=1)
 
     def _answer(self, image: _FacesInImage, probabilities: Iterator[np.ndarray]) -> Prediction:
         labels = self.model.labels
@@ -109,5 +135,9 @@ class EmotionPipeline:
                 )
             )
         return Prediction(
-            faces=faces, width=image.width, height=image.height, model=self.model.model_id
+            faces=faces,
+            faces_found=image.found,
+            width=image.width,
+            height=image.height,
+            model=self.model.model_id,
         )

@@ -86,6 +86,7 @@ _PREDICTION_EXAMPLE = {
             },
         }
     ],
+    "faces_found": 1,
     "width": 512,
     "height": 512,
     "model": "5f0c6e1d9a7b3c2e8d4f6a1b0c9e7d5a3b1f2e4c6d8a0b9c7e5f3a1d2c4b6e8f",
@@ -98,6 +99,13 @@ class Prediction(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_PREDICTION_EXAMPLE]})
 
     faces: list[Face]
+    faces_found: int = Field(
+        ge=0,
+        description="How many faces the image has: what the detector found, or 1 when the whole "
+        "image was classified. `faces` holds the largest `max_faces` of them (at most "
+        "MAX_FACES_PER_IMAGE), so it is shorter when this is larger.",
+        examples=[1],
+    )
     width: int = Field(description="Width of the upright image, in pixels.")
     height: int = Field(description="Height of the upright image, in pixels.")
     model: str = Field(description="Id of the model that answered: sha256 of its ONNX file.")
@@ -146,7 +154,10 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading"] = Field(examples=["ready"])
+    status: Literal["ready", "loading", "stopping"] = Field(
+        description="`loading` before the model is warm, `stopping` from the shutdown signal on.",
+        examples=["ready"],
+    )
     model: str | None = Field(
         description="Id of the loaded model, once it has answered its warm-up inference."
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the service and uvicorn."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text`: one readable line per event; `json`: one JSON object per line, "
+        "for a log collector.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every endpoint but /health, /ready and the docs needs this value "
+        "in the `X-API-Key` header (401 otherwise).",
+    )
 
     max_upload_bytes: int = Field(
         10 * MEGABYTE, ge=1, description="Largest image file accepted, in bytes (413 above)."
@@ -53,6 +63,19 @@ class Settings(BaseSettings):
     max_aspect_ratio: float = Field(
         20.0, ge=1.0, description="Longest side over shortest side allowed (422 above)."
     )
+    max_faces_per_image: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Most faces classified and answered per image, whatever `max_faces` asks: "
+        "the largest are kept, and `faces_found` says how many there were.",
+    )
+    request_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request may take, upload included: past it the answer is 503 "
+        "(408 while the upload is still arriving).",
+    )
 
     detection_max_side: int = Field(
         640,
@@ -72,8 +95,24 @@ class Settings(BaseSettings):
         "(e.g. https://app.example.com); empty: no CORS headers.",
     )
 
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes, each with its own model and threads; with more than "
+        "one, /metrics adds up all of them.",
+    )
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime threads per inference; 0 lets onnxruntime choose."
+        0,
+        ge=0,
+        description="onnxruntime threads per inference in each process; 0: the process's share "
+        "of the CPUs, max(1, CPUs // WORKERS).",
+    )
+    opencv_threads: int = Field(
+        0,
+        ge=0,
+        description="OpenCV threads (face detection, resizing) in each process; 0: the same "
+        "share of the CPUs.",
     )
     max_inference_batch: int = Field(
         512,
@@ -84,9 +123,29 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         4,
         ge=1,
-        description="Requests analysed at the same time (decode, detect, infer); more wait.",
+        description="Requests analysed at the same time in each process (decode, detect, "
+        "infer); more wait.",
+    )
+    max_queued_requests: int = Field(
+        16,
+        ge=0,
+        description="Prediction requests each process takes beyond WORKER_THREADS, to wait "
+        "their turn; past that it answers 503 with Retry-After at once.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM, how long requests in flight may take to finish before the "
+        "process exits anyway.",
     )
 
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def api_key_value(self) -> str | None:
+        """The key clients must send, or None when the API is open (unset or empty)."""
+        if self.api_key is None or not self.api_key.get_secret_value():
+            return None
+        return self.api_key.get_secret_value()

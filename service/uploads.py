@@ -87,7 +87,7 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes | ImageReject
     if len(data) > max_bytes:
         return _file_too_large(None, max_bytes)
     if not data:
-        return ImageRejected(400, "the uploaded file is empty")
+        return ImageRejected(400, "the uploaded file is empty", reason="empty")
     return data
 
 

@@ -7,8 +7,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
 
+from service import metrics
+from service.deadline import timed_out_detail, upload_timed_out_detail
 from service.deps import NOT_READY, PipelineDep, SettingsDep
+from service.images import ImageRejected
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
+from service.security import MISSING
+from service.shedding import saturated_detail
 from service.uploads import read_upload
 
 router = APIRouter(tags=["emotions"])
@@ -24,7 +29,14 @@ DetectQuery = Annotated[
     ),
 ]
 MaxFacesQuery = Annotated[
-    int, Query(ge=1, le=100, description="Most faces to answer, the largest first.")
+    int,
+    Query(
+        ge=1,
+        le=1000,
+        description="Most faces to answer per image, the largest first; the service answers at "
+        "most MAX_FACES_PER_IMAGE (default 100) whatever is asked. `faces_found` says how "
+        "many there were.",
+    ),
 ]
 
 
@@ -52,10 +64,34 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "(over MAX_ASPECT_RATIO).",
         "the image is 4000x100: its aspect ratio 40.0 is over the limit of 20",
     ),
-    503: error_response(
-        "The model is not loaded yet; retry after `Retry-After` seconds.", NOT_READY
-    ),
+    503: {
+        **error_response(
+            "The model is not loaded yet, the service is saturated (more requests in progress "
+            "than WORKER_THREADS + MAX_QUEUED_REQUESTS), or the request ran past "
+            "REQUEST_TIMEOUT_SECONDS; retry after `Retry-After` seconds.",
+            NOT_READY,
+        ),
+        "content": {
+            "application/json": {
+                "examples": {
+                    "loading": {"value": {"detail": NOT_READY}},
+                    "saturated": {"value": {"detail": saturated_detail(20)}},
+                    "timeout": {"value": {"detail": timed_out_detail(30)}},
+                }
+            }
+        },
+    },
 }
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: error_response(
+        "The service has an API_KEY and the `X-API-Key` header does not carry it.", MISSING
+    ),
+    408: error_response(
+        "The upload did not arrive within REQUEST_TIMEOUT_SECONDS.", upload_timed_out_detail(30)
+    ),
+    503: UPLOAD_ERRORS.pop(503),
+}
+UPLOAD_ERRORS.update(COMMON_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +112,7 @@ async def analyse_one_image(
     """The input of every one-image endpoint, parsed and analysed in one place, so that they take
     the same field and parameters and refuse a bad file with the same status and message."""
     upload = await read_upload(file, settings.max_upload_bytes)
-    (result,) = await pipeline.run([upload], detect, max_faces)
+    (result,) = await _run(pipeline, [upload], detect, max_faces, settings)
     if isinstance(result, FileError):
         raise HTTPException(status_code=result.status, detail=result.detail)
     assert isinstance(upload, bytes)  # a refused upload gave a FileError above
@@ -102,6 +138,10 @@ async def predict(analysed: AnalysedImageDep) -> Prediction:
     "/predict/batch",
     summary="Emotions of the faces in several images",
     responses={
+        400: error_response(
+            "The body is not valid multipart form data.",
+            "Invalid multipart data.",
+        ),
         413: error_response(
             "The whole request is over MAX_BATCH_BYTES.",
             "the request body is over the limit of 67108864 bytes: send a smaller file",
@@ -110,7 +150,7 @@ async def predict(analysed: AnalysedImageDep) -> Prediction:
             "No `files` field, more files than MAX_BATCH_FILES, or a bad query parameter.",
             "send at most 32 files per batch (MAX_BATCH_FILES)",
         ),
-        503: UPLOAD_ERRORS[503],
+        **COMMON_ERRORS,
     },
 )
 async def predict_batch(
@@ -133,4 +173,20 @@ async def predict_batch(
             f"this request has {len(files)}",
         )
     uploads = [await read_upload(file, settings.max_upload_bytes) for file in files]
-    return BatchPrediction(results=await pipeline.run(uploads, detect, max_faces))
+    return BatchPrediction(results=await _run(pipeline, uploads, detect, max_faces, settings))
+
+
+async def _run(
+    pipeline: PipelineDep,
+    uploads: list[bytes | ImageRejected],
+    detect: DetectMode,
+    max_faces: int,
+    settings: SettingsDep,
+) -> list[Prediction | FileError]:
+    """The pipeline, with `max_faces` capped by MAX_FACES_PER_IMAGE; faces counted for
+    /metrics."""
+    results = await pipeline.run(uploads, detect, min(max_faces, settings.max_faces_per_image))
+    for result in results:
+        if isinstance(result, Prediction):
+            metrics.faces_found(result.faces_found)
+    return results

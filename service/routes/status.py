@@ -1,65 +1,47 @@
-"""Is the service up, ready, and which model does it serve."""
+"""Is the process up, and is it ready for traffic: the probes, open even where an API key is set.
+
+Both are coroutines that touch nothing but memory, so they answer on the event loop however
+busy the worker threads and the thread pool are.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.deps import RETRY_AFTER_SECONDS, ModelDep, StateDep
-from service.schemas import ContractInfo, ErrorDetail, Health, ModelInfo, Readiness
+from service.deps import RETRY_AFTER_SECONDS, StateDep
+from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["status"])
 
 
 @router.get("/health", summary="The process answers")
-def health() -> Health:
-    """Liveness: 200 as soon as the process serves HTTP, whether or not the model is loaded."""
+async def health() -> Health:
+    """Liveness: 200 as soon as the process serves HTTP, whether or not the model is loaded,
+    and however saturated the service is."""
     return Health()
 
 
 @router.get(
     "/ready",
-    summary="The model is loaded and warm",
+    summary="The model is loaded and warm, and the process is not shutting down",
     responses={
         503: {
             "model": Readiness,
-            "description": "Still loading.",
+            "description": "Still loading, or shutting down.",
             "content": {"application/json": {"example": {"status": "loading", "model": None}}},
         }
     },
 )
-def ready(state: StateDep, response: Response) -> Readiness:
-    """Readiness: 200 once the model is loaded and has answered a warm-up inference, 503 before
-    (and again while shutting down). Send traffic only when this says 200."""
-    if state.ready and state.model is not None:
+async def ready(state: StateDep, response: Response) -> Readiness:
+    """Readiness: 200 once the model is loaded and has answered a warm-up inference; 503 before,
+    and from the shutdown signal on (requests in flight still finish). Send traffic only when
+    this says 200."""
+    if state.draining:
+        status = "stopping"
+    elif state.ready and state.model is not None:
         return Readiness(status="ready", model=state.model.model_id)
+    else:
+        status = "loading"
     response.status_code = 503
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return Readiness(status="loading", model=None)
-
-
-@router.get(
-    "/model",
-    summary="The model served: labels, input, id, training metrics",
-    responses={503: {"model": ErrorDetail, "description": "The model is not loaded yet."}},
-)
-def model_info(model: ModelDep) -> ModelInfo:
-    """The model being served: its labels in output order, input shape, id (sha256 of the ONNX
-    file, the same id every prediction carries), the preprocessing contract, and what training
-    recorded in the artifact (metrics, configuration, dataset hash, date, code version)."""
-    contract = model.contract
-    return ModelInfo(
-        id=model.model_id,
-        labels=list(contract.labels),
-        input_shape=list(contract.input_shape),
-        contract=ContractInfo(
-            input_size=contract.input_size,
-            pixel_scale=contract.pixel_scale,
-            crop_margin=contract.crop_margin,
-            version=contract.version,
-        ),
-        metrics=model.training.metrics,
-        training_config=model.training.config,
-        dataset_sha256=model.training.dataset_sha256,
-        created=model.training.created,
-        code_version=model.training.code_version,
-    )
+    return Readiness(status=status, model=None)

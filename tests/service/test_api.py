@@ -217,7 +217,7 @@ def test_openapi_documents_every_endpoint_with_examples(client):
     for status in ("400", "413", "415", "422"):
         assert predict["responses"][status]["content"]["application/json"]["example"]["detail"]
     parameters = {parameter["name"]: parameter for parameter in predict["parameters"]}
-    assert parameters["max_faces"]["schema"]["maximum"] == 100
+    assert parameters["max_faces"]["schema"]["maximum"] == 1000
     assert set(schema["components"]["schemas"]["DetectMode"]["enum"]) == {
         "auto",
         "always",

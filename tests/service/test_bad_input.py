@@ -68,7 +68,7 @@ def test_bad_file_in_a_batch_is_reported_in_its_place(client, portrait_bytes, da
 
 @pytest.mark.parametrize(
     "query",
-    ["detect=sometimes", "max_faces=0", "max_faces=101", "max_faces=many", "max_faces=2.5"],
+    ["detect=sometimes", "max_faces=0", "max_faces=1001", "max_faces=many", "max_faces=2.5"],
 )
 def test_bad_parameters_are_422(client, portrait_bytes, query):
     for path in (*ONE_IMAGE_PATHS, "/predict/batch"):

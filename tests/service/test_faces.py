@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.faces import FaceBox, FaceDetector, crop_face, crop_square, crop_whole_image
+from service.faces import FaceBox, FaceDetector, crop_face, crop_square, crop_whole_image, shrink
+from tests.service.photos import scene
 
 # Where the portrait's one face is (measured once, by eye and by the cascade): a box around
 # Eileen Collins's face, about 95 pixels wide, its centre near (224, 113).
@@ -41,6 +42,18 @@ def test_boxes_found_on_the_shrunk_copy_are_mapped_back_to_full_size(detector, p
     x, y = centre(box)
     assert abs(x - 4 * FACE_CENTRE[0]) < 40 and abs(y - 4 * FACE_CENTRE[1]) < 40
     assert 0.8 * 4 * FACE_SIDE < box.width < 1.2 * 4 * FACE_SIDE
+
+
+@pytest.mark.parametrize("size", [(4032, 3024), (2017, 1511), (1920, 1080)])
+def test_shrinking_averages_like_inter_area(size):
+    """Halving first (OpenCV's quick path) then one area step: the same picture, within a
+    grey level or so of a single INTER_AREA resize, whatever the factor or odd sides."""
+    gray = np.asarray(scene(*size).convert("L"))
+    target = (640, round(640 * size[1] / size[0]))
+    small = shrink(gray, target)
+    assert small.shape == (target[1], target[0])
+    direct = cv2.resize(gray, target, interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - direct.astype(int)).mean() < 1.5
 
 
 def test_faces_come_largest_first_and_max_faces_keeps_the_largest(detector, two_faces):

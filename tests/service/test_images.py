@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import ImageLimits, ImageRejected, decode_grayscale, decode_rgb
+from service.images import (
+    ImageLimits,
+    ImageRejected,
+    decode_grayscale,
+    decode_rgb,
+    decode_upright,
+)
 from tests.service.conftest import encode
+from tests.service.photos import scene
 
 LIMITS = ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000, max_aspect_ratio=20.0)
 
@@ -79,7 +86,7 @@ def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(portrait_gray, format):
     assert np.array_equal(decode_grayscale(data, LIMITS), portrait_gray)
 
 
-def _sixteen_bit_png(portrait, alpha: bool) -> bytes:
+def sixteen_bit_png(portrait, alpha: bool) -> bytes:
     """A 16-bit-per-channel PNG (Pillow writes only 8-bit colour, OpenCV writes 16)."""
     bgr = (np.asarray(portrait).astype(np.uint16) * 257)[:, :, ::-1]
     if alpha:
@@ -92,8 +99,8 @@ def _sixteen_bit_png(portrait, alpha: bool) -> bytes:
 @pytest.mark.parametrize(
     ("make", "tolerance"),
     [
-        pytest.param(lambda image: _sixteen_bit_png(image, alpha=False), 0.5, id="png-16-bit-rgb"),
-        pytest.param(lambda image: _sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
+        pytest.param(lambda image: sixteen_bit_png(image, alpha=False), 0.5, id="png-16-bit-rgb"),
+        pytest.param(lambda image: sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
         pytest.param(lambda image: encode(image.convert("CMYK"), "JPEG"), 4, id="jpeg-cmyk"),
         pytest.param(
             lambda image: encode(image, "JPEG", progressive=True), 4, id="jpeg-progressive"
@@ -126,7 +133,7 @@ def test_transparent_pixels_are_shown_on_white(portrait):
     [
         pytest.param(lambda image: encode(image), 0, id="png"),
         pytest.param(lambda image: encode(image, "JPEG", quality=95), 4, id="jpeg"),
-        pytest.param(lambda image: _sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
+        pytest.param(lambda image: sixteen_bit_png(image, alpha=True), 0.5, id="png-16-bit-rgba"),
         pytest.param(lambda image: encode(image.convert("CMYK"), "JPEG"), 6, id="jpeg-cmyk"),
     ],
 )
@@ -153,6 +160,35 @@ def test_exif_orientation_is_honoured(portrait):
     assert gray.shape == (400, 300)  # tall as displayed
     expected = np.asarray(stored.convert("L").transpose(Image.Transpose.ROTATE_270))
     assert np.abs(gray.astype(int) - expected.astype(int)).mean() < 4
+
+
+def test_a_large_jpeg_is_decoded_reduced_to_just_over_the_size_asked():
+    photo = scene(1920, 1080)
+    data = encode(photo, "JPEG", quality=92)
+    decoded = decode_upright(data, LIMITS, min_side=640)
+    assert (decoded.width, decoded.height) == (1920, 1080)  # what answers report
+    assert decoded.gray.shape == (540, 960)  # 1/2: 1/4 would be under 640 pixels wide
+    expected = cv2.resize(np.asarray(photo.convert("L")), (960, 540), interpolation=cv2.INTER_AREA)
+    assert np.abs(decoded.gray.astype(int) - expected.astype(int)).mean() < 3
+    assert decode_upright(data, LIMITS, min_side=400).gray.shape == (270, 480)  # 1/4
+    assert decode_upright(data, LIMITS, min_side=48).gray.shape == (135, 240)  # 1/8, the most
+    assert decode_upright(data, LIMITS).gray.shape == (1080, 1920)  # nothing asked: in full
+
+
+def test_a_reduced_decode_reports_the_upright_size_of_an_exif_rotated_photo():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": stored wide, shown tall
+    data = encode(scene(1920, 1080), "JPEG", exif=exif.tobytes())
+    decoded = decode_upright(data, LIMITS, min_side=640)
+    assert (decoded.width, decoded.height) == (1080, 1920)
+    assert decoded.gray.shape == (960, 540)
+
+
+@pytest.mark.parametrize("format", ["PNG", "WEBP"])
+def test_formats_that_cannot_decode_reduced_are_decoded_in_full(format):
+    decoded = decode_upright(encode(scene(1280, 720), format), LIMITS, min_side=320)
+    assert decoded.gray.shape == (720, 1280)
+    assert (decoded.width, decoded.height) == (1280, 720)
 
 
 def test_first_frame_of_a_multi_page_tiff(portrait, portrait_gray):

@@ -14,7 +14,7 @@ def settings_table() -> str:
         default = field.default
         if isinstance(default, Path):
             default = default.relative_to(PROJECT_ROOT)
-        shown = f"`{default}`" if default != "" else "(empty)"
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
         rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows)
 

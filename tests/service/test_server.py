@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import select
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +10,7 @@ import httpx
 import pytest
 
 from tests.service.onnx_models import build_emotion_model
+from tests.service.raw_http import declare_and_wait, stream_until_answered
 from tests.service.server import running_service, service_env
 
 UPLOAD_LIMIT = 1024 * 1024
@@ -56,70 +54,16 @@ def test_concurrent_requests_get_the_same_answer(server, portrait_bytes):
     assert all(answer == answers[0] for answer in answers)
 
 
-def _http_response(sock: socket.socket) -> tuple[int, dict]:
-    data = b""
-    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    return status, json.loads(body[body.index(b"{") :])
-
-
-def _open(server: str) -> socket.socket:
-    host, port = server.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
-
-
-def _multipart_head(boundary: str) -> bytes:
-    return (
-        f"--{boundary}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode()
-
-
 def test_a_declared_oversize_body_is_refused_before_it_is_sent(server):
-    boundary = "b0undary"
-    with _open(server) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: test\r\n"
-            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
-            + f"Content-Length: {50 * UPLOAD_LIMIT}\r\n\r\n".encode()
-            + _multipart_head(boundary)
-        )
-        status, body = _http_response(sock)  # answered with the body still unsent
+    status, body = declare_and_wait(server, 50 * UPLOAD_LIMIT)  # the body still unsent
     assert status == 413
     assert "over the limit" in body["detail"]
 
 
 def test_an_oversize_body_of_unknown_length_is_cut_off_while_streaming(server):
     """Chunked transfer, no Content-Length: the limit is enforced on the bytes as they arrive."""
-    boundary = "b0undary"
-    sent = 0
     total = 200 * UPLOAD_LIMIT
-    piece = b"\xff" * 65536
-    with _open(server) as sock:
-        sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
-        )
-        head = _multipart_head(boundary)
-        sock.sendall(f"{len(head):x}\r\n".encode() + head + b"\r\n")
-        answered = False
-        try:
-            while sent < total:
-                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                sent += len(piece)
-                if select.select([sock], [], [], 0)[0]:
-                    answered = True
-                    break
-        except (BrokenPipeError, ConnectionResetError):
-            answered = True
-        assert answered, "the server read the whole 200 MB body"
-        status, body = _http_response(sock)
+    status, body, sent = stream_until_answered(server, total)
     assert status == 413
     assert sent < total / 4  # stopped long before the end (socket buffers hold a few MB)
     assert "over the limit" in body["detail"]

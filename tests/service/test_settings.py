@@ -44,3 +44,30 @@ def test_bad_values_are_refused_by_name(clean_env, name, value):
     clean_env.setenv(name, value)
     with pytest.raises(ValidationError, match=name.lower()):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKERS", "0"),
+        ("REQUEST_TIMEOUT_SECONDS", "0"),
+        ("MAX_FACES_PER_IMAGE", "0"),
+        ("MAX_QUEUED_REQUESTS", "-1"),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "-5"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_hardening_values_are_refused_by_name(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()
+
+
+def test_the_api_key_is_never_shown_and_empty_means_none(clean_env):
+    assert Settings().api_key_value is None
+    clean_env.setenv("API_KEY", "")
+    assert Settings().api_key_value is None
+    clean_env.setenv("API_KEY", "s3cret")
+    settings = Settings()
+    assert settings.api_key_value == "s3cret"
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())

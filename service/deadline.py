@@ -1,0 +1,114 @@
+"""A deadline per request (`REQUEST_TIMEOUT_SECONDS`): past it the client gets an answer, never
+a hang.
+
+`RequestDeadline` runs the rest of the app under a cancel scope, which stops whatever awaits:
+reading a slow upload (answered 408) or waiting for a worker thread (503). Work already running
+in a worker thread cannot be interrupted, so the pipeline calls `check_deadline` between its
+stages (through `service.stages.stage`) and gives up there: an overrun lasts at most one stage,
+which the other limits (pixels, faces) keep short, and a thread is never abandoned while still
+busy, so the number of busy threads stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+import anyio
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+RETRY_AFTER_SECONDS = 1
+
+_deadline: ContextVar[tuple[float, float] | None] = ContextVar("deadline", default=None)
+"""(monotonic() time by which the current request must be answered, the limit in seconds);
+copied into the worker threads the request starts."""
+
+
+def timed_out_detail(seconds: float) -> str:
+    return (
+        f"the request took longer than the limit of {seconds:g} s (REQUEST_TIMEOUT_SECONDS): "
+        "the service is busy or the images are very large; retry, or send smaller images"
+    )
+
+
+def upload_timed_out_detail(seconds: float) -> str:
+    return (
+        f"the upload did not arrive within {seconds:g} s (REQUEST_TIMEOUT_SECONDS): "
+        "send it faster, or send a smaller file"
+    )
+
+
+class DeadlineExceeded(HTTPException):
+    """Raised by `check_deadline` in a worker thread; answered as a JSON 503."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            status_code=503,
+            detail=timed_out_detail(seconds),
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
+def check_deadline() -> None:
+    """Raise `DeadlineExceeded` when the current request's time is up; nothing outside a
+    request (tests, benchmarks calling the pipeline directly)."""
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() > deadline[0]:
+        raise DeadlineExceeded(deadline[1])
+
+
+class RequestDeadline:
+    """ASGI middleware: every HTTP request is answered within `seconds` (plus at most one
+    pipeline stage), 408 when the upload is still arriving then, 503 otherwise."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        body_complete = not _has_body(scope)
+
+        async def tracked_receive() -> Message:
+            nonlocal body_complete
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_complete = True
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        token = _deadline.set((time.monotonic() + self.seconds, self.seconds))
+        try:
+            with anyio.move_on_after(self.seconds) as cancel_scope:
+                await self.app(scope, tracked_receive, tracked_send)
+        finally:
+            _deadline.reset(token)
+        if not cancel_scope.cancelled_caught or started:
+            return
+        if body_complete:
+            status, detail = 503, timed_out_detail(self.seconds)
+        else:
+            status, detail = 408, upload_timed_out_detail(self.seconds)
+        response = JSONResponse(
+            {"detail": detail},
+            status_code=status,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
