@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -209,14 +210,19 @@ def test_the_service_runs_on_a_read_only_root_with_a_tmpfs_and_no_capabilities(
     privileges. Two workers (their metrics live on the tmpfs) answer a photo, an upload large
     enough to be spooled to a temporary file, a batch and /metrics."""
     port = free_port()
+    # The tmpfs goes on a directory of its own, named by TMPDIR (as /tmp is in the image): a
+    # tmpfs on /tmp itself would hide this checkout and its venv wherever they live under /tmp.
+    scratch = Path(tempfile.mkdtemp(prefix="tmpfs-"))
     script = textwrap.dedent(
         f"""
         set -e
         mount --bind {model_path.parent} /mnt
         mount -o remount,bind,ro /mnt
         mount -o remount,bind,ro /
-        mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp
+        mount -o remount,bind,ro "$(findmnt -n -o TARGET --target {repo_root})"
+        mount -t tmpfs -o size=256m,mode=1777 tmpfs {scratch}
         touch /probe 2>/dev/null && exit 90
+        touch {model_path.parent}/probe 2>/dev/null && exit 91
         exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs \
             {sys.executable} -m service
         """
@@ -228,6 +234,7 @@ def test_the_service_runs_on_a_read_only_root_with_a_tmpfs_and_no_capabilities(
         WORKERS="2",
         PYTHONDONTWRITEBYTECODE="1",
         LOG_LEVEL="warning",
+        TMPDIR=str(scratch),
     )
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -254,6 +261,7 @@ def test_the_service_runs_on_a_read_only_root_with_a_tmpfs_and_no_capabilities(
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
     assert process.returncode == 0, output
     assert "Read-only file system" not in output and "Traceback" not in output, output
 
