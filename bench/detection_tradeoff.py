@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import random
 import sys
 import time
@@ -29,6 +28,8 @@ from PIL import Image, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from serve_report import write_results  # noqa: E402
 
 from service.faces import FaceDetector  # noqa: E402
 from tests.service.photos import VIDEO_SIZES, scene  # noqa: E402
@@ -142,10 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.data, args.faces)
     report = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detection_tradeoff.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "detection_tradeoff.md").write_text(report)
-    print(report)
+    write_results(args.out, "detection_tradeoff", result, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ machine (a training run) makes them slower and noisier: the load average is reco
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testcli
 
 from fastapi.testclient import TestClient  # noqa: E402
 from model_latency import per_face_ms, session_on_one_thread  # noqa: E402
-from serve_report import markdown, versions  # noqa: E402
+from serve_report import markdown, versions, write_results  # noqa: E402
 
 import service.pipeline  # noqa: E402  (after the path is set)
 from service.app import create_app  # noqa: E402
@@ -392,10 +391,7 @@ def main() -> None:
 
     result = measure(args)
     report = markdown(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve_bench.md").write_text(report)
-    print(report)
+    write_results(args.out, "serve_bench", result, report)
 
 
 if __name__ == "__main__":

@@ -243,3 +243,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_results(out: Path, name: str, result: dict[str, Any], report: str) -> None:
+    """`out/<name>.json` and `out/<name>.md`, and the report printed: what every bench leaves."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(report)
+    print(report)
