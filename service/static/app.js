@@ -22,6 +22,8 @@
     caption: $("caption"),
     faces: $("faces"),
     download: $("download"),
+    keyForm: $("key-form"),
+    key: $("api-key"),
   };
 
   const state = {
@@ -29,7 +31,32 @@
     photoUrl: null,
     image: null, // {blob, name, detect} of the photo on show, for the annotated download
     stream: null,
+    pending: null, // {blob, name} refused for want of an API key, sent again once one is given
   };
+
+  // ---- The API key, where the service has one (API_KEY) ----------------------------------
+  // Kept for this tab only (sessionStorage), sent as X-API-Key with every call.
+
+  const KEY_STORE = "emotion-api-key";
+
+  function withKey(headers) {
+    const key = sessionStorage.getItem(KEY_STORE);
+    return key ? { ...headers, "X-API-Key": key } : headers;
+  }
+
+  function askForKey(blob, name) {
+    state.pending = { blob, name };
+    ui.keyForm.hidden = false;
+    ui.key.focus();
+  }
+
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORE, ui.key.value);
+    ui.key.value = "";
+    ui.keyForm.hidden = true;
+    if (state.pending) analyse(state.pending.blob, state.pending.name);
+  });
 
   // ---- Messages -------------------------------------------------------------------------
 
@@ -86,7 +113,7 @@
       response = await fetch(`predict?detect=${encodeURIComponent(detect)}`, {
         method: "POST",
         body: form,
-        headers: { Accept: "application/json" },
+        headers: withKey({ Accept: "application/json" }),
       });
     } catch {
       if (request === state.request) {
@@ -102,6 +129,7 @@
       setBusy(false);
       hideResult();
       showError(message);
+      if (response.status === 401) askForKey(blob, name);
       return;
     }
     const answer = await response.json();
@@ -144,7 +172,7 @@
     try {
       const response = await fetch(
         `predict/annotated?detect=${encodeURIComponent(image.detect)}`,
-        { method: "POST", body: form, headers: { Accept: type } },
+        { method: "POST", body: form, headers: withKey({ Accept: type }) },
       );
       if (response.ok) return await response.blob();
       showError(await errorMessage(response));

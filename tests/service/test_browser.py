@@ -287,6 +287,34 @@ def test_a_bad_file_shows_the_services_message(open_page, service):
     assert log.page_errors == []
 
 
+def test_a_service_with_an_api_key_asks_for_it_and_then_answers(
+    open_page, model_path, portrait_bytes
+):
+    """With API_KEY set the page is open but /predict is not: the page shows the 401, asks for
+    the key, and sends the photo again with it."""
+    key = "page-test-key"
+    with running_service(model_path, settings={"API_KEY": key}) as url:
+        page, log = open_page("/", base=url.replace("127.0.0.1", SERVICE_NAME))
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/predict") as refused:
+            page.set_input_files(
+                "#file-input",
+                files=[{"name": "p.jpg", "mimeType": "image/jpeg", "buffer": portrait_bytes}],
+            )
+        assert refused.value.status == 401
+        expect(page.locator("#error")).to_contain_text("X-API-Key")
+        expect(page.locator("#api-key")).to_be_focused()
+
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/predict") as answered:
+            page.fill("#api-key", key)
+            page.press("#api-key", "Enter")
+        assert answered.value.status == 200
+        assert answered.value.request.headers["x-api-key"] == key
+        expect(page.locator(".face-card")).to_have_count(1)
+        assert page.locator("#key-form").is_hidden()
+        assert page.locator("#error").is_hidden()
+        assert log.page_errors == []
+
+
 def test_a_tiff_the_browser_cannot_show_is_shown_as_the_services_drawing(open_page, portrait):
     page, log = open_page("/")
     tiff = encode(portrait, "TIFF")
