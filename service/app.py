@@ -21,10 +21,12 @@ from fastapi_offline import FastAPIOffline
 
 from service import metrics
 from service.access import AccessLog
+from service.blazeface import BlazeFaceDetector
 from service.cpus import ThreadBudget
 from service.deadline import RequestDeadline
 from service.deps import ServiceState
 from service.faces import FaceDetector
+from service.haar import HaarDetector
 from service.images import ImageLimits
 from service.model import EmotionModel
 from service.pages_policy import PagesPolicy
@@ -161,6 +163,22 @@ def load_model(settings: Settings) -> EmotionModel:
     )
 
 
+def load_detector(settings: Settings) -> FaceDetector:
+    """The face detector FACE_DETECTOR names; `DetectorError` says why BlazeFace's file cannot
+    be used. Its onnxruntime session gets the same threads as the emotion model's: the two
+    never run at once within a request."""
+    if settings.face_detector == "haar":
+        return HaarDetector(
+            max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels
+        )
+    return BlazeFaceDetector(
+        settings.face_detector_path,
+        max_side=settings.detection_max_side,
+        min_face_pixels=settings.min_face_pixels,
+        intra_op_threads=thread_budget(settings).onnxruntime,
+    )
+
+
 def _start(state: ServiceState, model: EmotionModel | None) -> None:
     """Size the thread pools, load (unless given) and warm up the model, build the pipeline,
     then declare ready."""
@@ -169,9 +187,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     cv2.setNumThreads(budget.opencv)
     if model is None:
         model = load_model(settings)
-    detector = FaceDetector(
-        max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels
-    )
+    detector = load_detector(settings)
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
