@@ -80,8 +80,8 @@ class Settings(BaseSettings):
 
     face_detector: Literal["blazeface", "haar"] = Field(
         "blazeface",
-        description="`blazeface`: MediaPipe's BlazeFace CNN (FACE_DETECTOR_PATH), a few ms a "
-        "photo; `haar`: OpenCV's Haar cascade, no model file, ~30x the CPU time.",
+        description="`blazeface`: MediaPipe's BlazeFace CNN (FACE_DETECTOR_PATH), ~11 ms of CPU "
+        "a photo; `haar`: OpenCV's Haar cascade, no model file, over 10x the CPU time.",
     )
     face_detector_path: Path = Field(
         DEFAULT_FACE_DETECTOR_PATH,
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         ge=64,
         description="Faces are reported down to MIN_FACE_PIXELS on a copy of the image shrunk to "
         "at most this many pixels on its longest side (Haar searches that copy; BlazeFace "
-        "always sees its own 192-pixel input); boxes are mapped back to the full image.",
+        "always sees its own 320- and 128-pixel inputs); boxes are mapped back to the full image.",
     )
     min_face_pixels: int = Field(
         24,

@@ -68,7 +68,7 @@ class Source:
 
 
 # Measured on FER2013 train faces by `bench/crop_margin.py --detector blazeface --raw` against
-# the Haar cascade's boxes (`bench/crop_margin.py`): see bench/results/detector_crop.md.
+# the Haar cascade's boxes (`bench/crop_margin.py`): see bench/results/crop_margin.md.
 FULL_RANGE_CORRECTION = BoxCorrection(scale=1.064, offset_x=0.003, offset_y=-0.076)
 SHORT_RANGE_CORRECTION = BoxCorrection(scale=1.0, offset_x=0.0, offset_y=0.0)
 
