@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="onnxruntime threads per inference in each process; 0: the process's share "
-        "of the CPUs, max(1, CPUs // WORKERS).",
+        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model, and one for BlazeFace.",
     )
     opencv_threads: int = Field(
         0,
