@@ -177,6 +177,7 @@ def load_detector(settings: Settings) -> FaceDetector:
         max_side=settings.detection_max_side,
         min_face_pixels=settings.min_face_pixels,
         intra_op_threads=settings.intra_op_threads or 1,
+        concurrent_runs=thread_budget(settings).onnxruntime,
     )
 
 
