@@ -46,9 +46,9 @@ DESCRIPTION = """
 Upload an image; for every face in it, get where the face is and how likely each of seven
 emotions is (angry, disgust, fear, happy, neutral, sad, surprise).
 
-Faces are found with OpenCV, cut out as 48x48 grayscale crops the way the model was trained
-(the model file carries that contract), and classified by a CNN trained on FER2013, run with
-onnxruntime.
+Faces are found with MediaPipe's BlazeFace, cut out as 48x48 grayscale crops the way the model
+was trained (the model file carries that contract), and classified by a CNN trained on FER2013,
+both run with onnxruntime.
 
 Every client mistake is answered with a 4xx status and a JSON body `{"detail": ...}`.
 """
