@@ -6,9 +6,15 @@ factor with the service's own detector: each FER2013 face is upscaled, set in a 
 (so the detector can see the whole crop), detected, and the crop's side is compared with the box's.
 
     python bench/crop_margin.py --data ../shared/data/fer2013.zip [--images 3000]
+        [--detector haar|blazeface] [--raw]
 
-It reads train/ only (never test/), prints the distribution and the median, which goes into
-`[export] crop_margin` of the training config and from there into the model's contract.
+It reads train/ only (never test/), prints the distribution and the median. For the Haar
+cascade (the default here) the median goes into `[export] crop_margin` of the training config
+and from there into the model's contract. With `--detector blazeface --raw` it measures
+BlazeFace's own boxes, uncorrected, and prints the box correction that makes them frame the
+face as Haar boxes do (side and centre, from the two medians), which
+`training/face_detector.py` writes into face_detector.onnx; without `--raw` it checks that the
+shipped correction does so (margin ~ the Haar margin, centre offset ~ the Haar offset).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from service.blazeface import BlazeFaceDetector
 from service.faces import FaceDetector
+from service.haar import HaarDetector
+from service.settings import DEFAULT_FACE_DETECTOR_PATH
 from training.data import read_splits
 
 UPSCALE = 4  # 48 px -> 192 px, a face size the detector sees in ordinary photos
@@ -60,15 +69,39 @@ def measure(faces: np.ndarray, detector: FaceDetector) -> dict[str, object]:
     }
 
 
+def correction(blazeface: dict[str, object], haar: dict[str, object]) -> dict[str, float]:
+    """The BlazeFace box correction from both measurements: a FER2013 crop is `margin` times a
+    box's side around its centre moved by `offset` times that side, for either detector; the
+    corrected BlazeFace box must be where the Haar box is."""
+    scale = blazeface["crop_margin_median"] / haar["crop_margin_median"]
+    return {"scale": round(scale, 3)} | {
+        f"offset_{axis}": round(
+            blazeface["centre_offset_median"][axis] - scale * haar["centre_offset_median"][axis],
+            3,
+        )
+        for axis in ("x", "y")
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--detector", choices=("haar", "blazeface"), default="haar")
+    parser.add_argument("--model", type=Path, default=DEFAULT_FACE_DETECTOR_PATH)
+    parser.add_argument("--raw", action="store_true", help="BlazeFace boxes, uncorrected")
     args = parser.parse_args()
     train = read_splits(args.data)[0]["train"]
     pick = np.random.default_rng(args.seed).choice(len(train), args.images, replace=False)
-    result = measure(train.x[pick], FaceDetector())
+    faces = train.x[pick]
+    haar = measure(faces, HaarDetector())
+    result = {"haar": haar}
+    if args.detector == "blazeface":
+        blazeface = BlazeFaceDetector(args.model, correct_boxes=not args.raw)
+        result["blazeface" + (" (raw boxes)" if args.raw else "")] = measure(faces, blazeface)
+        if args.raw:
+            result["box_correction"] = correction(result["blazeface (raw boxes)"], haar)
     print(json.dumps(result, indent=2))
 
 

@@ -45,7 +45,7 @@ from service.pipeline import EmotionPipeline  # noqa: E402
 from service.schemas import DetectMode  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.service.load import LoadRun, run_load  # noqa: E402
-from tests.service.photos import VIDEO_SIZES, face_crop_png, scene_jpeg  # noqa: E402
+from tests.service.photos import VIDEO_SIZES, face_crop_png, face_in_scene, scene_jpeg  # noqa: E402
 from tests.service.server import ServiceProcess, service_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -53,8 +53,6 @@ PHOTO_SIZE = (640, 480)
 CONCURRENCY = (1, 4, 16)
 PHONE_SIZE = (4032, 3024)
 """A 12-megapixel phone photo: not one of the video sizes the cost target compares."""
-PORTRAIT_FACE_CENTRE = (224, 113)
-"""Where the face is in the 512x512 portrait the scenes are made of (tests/data/README.md)."""
 
 
 def percentiles(seconds: list[float], cpu: list[float] | None = None) -> dict[str, float]:
@@ -216,15 +214,11 @@ def size_costs(
 
 
 def _face_in_place(faces: list[dict[str, Any]], width: int, height: int) -> bool:
-    """One face, centred within a tenth of the frame's height of the portrait's face."""
+    """One face, detected where the portrait's face is."""
     if len(faces) != 1 or not faces[0]["detected"]:
         return False
-    scale = height / 512  # the portrait fills the frame's height, centred
-    expected_x = (width - height) / 2 + PORTRAIT_FACE_CENTRE[0] * scale
-    expected_y = PORTRAIT_FACE_CENTRE[1] * scale
     box = faces[0]["box"]
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    return abs(x - expected_x) < height / 10 and abs(y - expected_y) < height / 10
+    return face_in_scene(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, width, height)
 
 
 def reduced_decoding(pipeline: EmotionPipeline, runs: int) -> list[dict[str, Any]]:

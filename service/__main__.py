@@ -1,4 +1,4 @@
-"""`python -m service`: check the model, then serve it with uvicorn on HOST:PORT.
+"""`python -m service`: check the model and the face detector, then serve with uvicorn.
 
 The model is loaded (and warmed up) before the server starts, so a missing or unusable model
 stops the process at once with one clear message and a non-zero exit status, not a traceback.
@@ -23,7 +23,8 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
-from service.app import create_app, load_model
+from service.app import create_app, load_detector, load_model
+from service.blazeface import DetectorError
 from service.logs import logging_config
 from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.model import ModelError
@@ -45,6 +46,11 @@ def main() -> int:
         model = load_model(settings)
     except ModelError as error:
         print(f"error: cannot serve the model: {error}", file=sys.stderr)
+        return EXIT_CONFIGURATION
+    try:
+        load_detector(settings)  # checked here, so a bad file stops the start with one message
+    except DetectorError as error:
+        print(f"error: cannot use the face detector: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
 
     options = {

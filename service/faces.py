@@ -1,23 +1,21 @@
-"""Grayscale image -> face boxes -> square crops of the contract's size (OpenCV).
+"""Face boxes -> square crops of the contract's size (OpenCV), and what a face detector is.
 
-Faces are searched with OpenCV's frontal-face Haar cascade on a shrunk copy of the image (speed
-depends on that copy, not on the upload) and the boxes are mapped back to full resolution. A
-crop is the square around a box's centre, scaled by the contract's `crop_margin`; where it runs
-past the image edge the edge pixels are repeated. Crops are taken from the full-resolution image.
+The detectors themselves (FACE_DETECTOR: `service.blazeface`, the default, and `service.haar`)
+find faces on a shrunk copy of the image (speed depends on that copy, not on the upload) and map
+the boxes back to full resolution. A crop is the square around a box's centre, scaled by the
+contract's `crop_margin`; where it runs past the image edge the edge pixels are repeated. Crops
+are taken from the full-resolution image.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
-
-CASCADE_FILE = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ class FaceBox:
     def rescaled(self, shape: tuple[int, int], to_shape: tuple[int, int]) -> FaceBox:
         """This box, measured on an image of `shape` (height, width), in pixels of the same
         image at `to_shape`; clipped to it."""
-        return _box_in(
+        return box_in(
             (self.x, self.y, self.width, self.height),
             to_shape[1] / shape[1],
             to_shape[0] / shape[0],
@@ -44,40 +42,20 @@ class FaceBox:
         )
 
 
-class FaceDetector:
-    """The Haar cascade, loaded once and shared by every request."""
+class FaceDetector(Protocol):
+    """What the pipeline needs of a face detector (`service.haar`, `service.blazeface`).
 
-    def __init__(self, *, max_side: int = 640, min_face_pixels: int = 24) -> None:
-        self.max_side = max_side
-        self.min_face_pixels = min_face_pixels
-        self._cascade = cv2.CascadeClassifier(str(CASCADE_FILE))
-        if self._cascade.empty():
-            raise RuntimeError(f"OpenCV could not load its face cascade from {CASCADE_FILE}")
-        # One classifier object is not documented as safe to call from several threads at once;
-        # detectMultiScale already spreads its work over the cores, so serialising costs little.
-        self._lock = threading.Lock()
+    `max_side` and `min_face_pixels` are the settings of the same names: a face is reported when
+    its side is at least `min_face_pixels` on a copy of the image shrunk to `max_side` pixels
+    (the pipeline decodes large JPEGs just large enough for that)."""
+
+    max_side: int
+    min_face_pixels: int
 
     def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
         """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
-        bottom, then left)."""
-        height, width = gray.shape
-        scale = min(1.0, self.max_side / max(height, width))
-        small = gray
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = shrink(gray, size)
-        small = cv2.equalizeHist(small)
-        minimum = (self.min_face_pixels, self.min_face_pixels)
-        with self._lock:
-            found = self._cascade.detectMultiScale(
-                small, scaleFactor=1.1, minNeighbors=5, minSize=minimum
-            )
-        boxes = [
-            _box_in(box, 1 / scale, 1 / scale, (height, width))
-            for box in np.asarray(found).reshape(-1, 4).tolist()
-        ]
-        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
-        return boxes if max_faces is None else boxes[:max_faces]
+        bottom, then left), in pixels of `gray`."""
+        ...
 
 
 def shrink(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -96,7 +74,7 @@ def shrink(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
 
 
-def _box_in(
+def box_in(
     box: Sequence[float], factor_x: float, factor_y: float, shape: tuple[int, int]
 ) -> FaceBox:
     """`box` (x, y, width, height) scaled by the factors and clipped to an image of `shape`."""

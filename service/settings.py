@@ -16,6 +16,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 """The repository root, or `/app` in the Docker image: both hold `service/` and `artifacts/`."""
 
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "artifacts" / "emotion.onnx"
+DEFAULT_FACE_DETECTOR_PATH = PROJECT_ROOT / "artifacts" / "face_detector.onnx"
 
 MEGABYTE = 1024 * 1024
 
@@ -77,11 +78,22 @@ class Settings(BaseSettings):
         "(408 while the upload is still arriving).",
     )
 
+    face_detector: Literal["blazeface", "haar"] = Field(
+        "blazeface",
+        description="`blazeface`: MediaPipe's BlazeFace CNN (FACE_DETECTOR_PATH), ~11 ms of CPU "
+        "a photo; `haar`: OpenCV's Haar cascade, no model file, over 10x the CPU time.",
+    )
+    face_detector_path: Path = Field(
+        DEFAULT_FACE_DETECTOR_PATH,
+        description="The BlazeFace ONNX file (built by `python -m training.face_detector`); "
+        "unused with FACE_DETECTOR=haar.",
+    )
     detection_max_side: int = Field(
         640,
         ge=64,
-        description="Faces are searched on a copy of the image shrunk to at most this many pixels "
-        "on its longest side; boxes are mapped back to the full image.",
+        description="Faces are reported down to MIN_FACE_PIXELS on a copy of the image shrunk to "
+        "at most this many pixels on its longest side (Haar searches that copy; BlazeFace "
+        "always sees its own 320- and 128-pixel inputs); boxes are mapped back to the full image.",
     )
     min_face_pixels: int = Field(
         24,
@@ -106,7 +118,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="onnxruntime threads per inference in each process; 0: the process's share "
-        "of the CPUs, max(1, CPUs // WORKERS).",
+        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model, and one for BlazeFace.",
     )
     opencv_threads: int = Field(
         0,

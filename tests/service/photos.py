@@ -21,6 +21,8 @@ PORTRAIT_FILE = DATA_DIR / "astronaut.jpg"
 
 VIDEO_SIZES = ((427, 240), (854, 480), (1280, 720), (1920, 1080))
 """16:9 frames from 240p to 1080p: 20x the pixels from first to last."""
+PORTRAIT_FACE_CENTRE = (224, 113)
+"""Where the face is in the 512x512 portrait the scenes are made of (tests/data/README.md)."""
 
 
 @cache
@@ -40,6 +42,15 @@ def scene(width: int, height: int) -> Image.Image:
         ((width - side) // 2, (height - side) // 2),
     )
     return background
+
+
+def face_in_scene(x: float, y: float, width: int, height: int) -> bool:
+    """Whether (`x`, `y`), a box's centre, is the face of `scene(width, height)`: within a tenth
+    of the frame's height of where the portrait's face is."""
+    scale = min(width, height) / 512  # the portrait fills the frame's shorter side, centred
+    expected_x = (width - min(width, height)) / 2 + PORTRAIT_FACE_CENTRE[0] * scale
+    expected_y = (height - min(width, height)) / 2 + PORTRAIT_FACE_CENTRE[1] * scale
+    return abs(x - expected_x) < height / 10 and abs(y - expected_y) < height / 10
 
 
 def jpeg(image: Image.Image | np.ndarray, quality: int = 90) -> bytes:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.faces import FaceBox, FaceDetector, crop_face, crop_square, crop_whole_image, shrink
+from service.faces import FaceBox, crop_face, crop_square, crop_whole_image, shrink
+from service.haar import HaarDetector
 from tests.service.photos import scene
 
 # Where the portrait's one face is (measured once, by eye and by the cascade): a box around
@@ -20,8 +21,8 @@ FACE_SIDE = 95
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector(max_side=640, min_face_pixels=24)
+def detector() -> HaarDetector:
+    return HaarDetector(max_side=640, min_face_pixels=24)
 
 
 def centre(box: FaceBox) -> tuple[float, float]:

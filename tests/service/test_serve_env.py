@@ -89,7 +89,9 @@ def test_the_image_contents_serve_with_the_serve_requirements_alone(
             shutil.copy2(origin, target)
         else:
             assert source == "artifacts/", f"Dockerfile.serve copies {source}, which is missing"
-    # Whatever model is shipped, the test serves its own.
+    # Whatever model is shipped, the test serves its own; the face detector is the shipped one
+    # (FACE_DETECTOR's default), which the image must carry.
+    assert (app_dir / "artifacts" / "face_detector.onnx").is_file(), "the image has no detector"
     build_emotion_model(app_dir / "artifacts" / "emotion.onnx")
 
     venv = tmp_path / "venv"

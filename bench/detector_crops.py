@@ -1,0 +1,123 @@
+"""Does the emotion model read faces as well through BlazeFace's crops as through Haar's?
+
+    python bench/detector_crops.py --data ../shared/data/fer2013.zip [--faces 2000]
+
+The shipped emotion model was trained on FER2013's own crops, and the contract's `crop_margin`
+was measured on Haar boxes; BlazeFace's boxes are corrected to frame faces the same way
+(`bench/crop_margin.py`). This checks the end of that chain: FER2013 validation faces (the
+training run's own hold-out: 10 %, seed 1337; never test/) are upscaled 4x into a neutral
+border, found by each detector, cropped by the service's own `crop_face` with the model's
+contract, and classified. Accuracy is compared on the faces both detectors find, beside the
+accuracy of the original 48x48 crops (what `detect=never` sees). Writes
+bench/results/detector_crops.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from crop_margin import UPSCALE  # noqa: E402
+from serve_report import write_results  # noqa: E402
+
+from service.blazeface import BlazeFaceDetector  # noqa: E402
+from service.faces import FaceBox, FaceDetector, crop_face  # noqa: E402
+from service.haar import HaarDetector  # noqa: E402
+from service.model import EmotionModel  # noqa: E402
+from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_MODEL_PATH  # noqa: E402
+from training.data import load_dataset  # noqa: E402
+
+VALIDATION_FRACTION, SEED = 0.1, 1337
+"""The shipped training run's validation split (training/configs/default.toml)."""
+
+
+def framed(face: np.ndarray) -> np.ndarray:
+    """`face` upscaled as in bench/crop_margin.py, in a neutral border the width of half of it."""
+    side = face.shape[0] * UPSCALE
+    big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(big, *(side // 2,) * 4, cv2.BORDER_CONSTANT, value=128)
+
+
+def one_face(detector: FaceDetector, image: np.ndarray) -> FaceBox | None:
+    boxes = detector.detect(image, max_faces=2)
+    return boxes[0] if len(boxes) == 1 else None
+
+
+def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) -> dict:
+    validation = load_dataset(data, VALIDATION_FRACTION, SEED).validation
+    pick = np.random.default_rng(0).choice(len(validation), min(count, len(validation)), False)
+    faces, labels = validation.x[pick], validation.y[pick]
+    detectors: dict[str, FaceDetector] = {
+        "haar": HaarDetector(),
+        "blazeface": BlazeFaceDetector(detector_path),
+    }
+    margin, size = model.contract.crop_margin, model.contract.input_size
+    crops: dict[str, list[np.ndarray | None]] = {name: [] for name in detectors}
+    for face in faces:
+        image = framed(face)
+        for name, detector in detectors.items():
+            box = one_face(detector, image)
+            crop = None if box is None else crop_face(image, box, margin=margin, size=size)
+            crops[name].append(crop)
+    both = [i for i in range(len(faces)) if all(crops[n][i] is not None for n in detectors)]
+
+    def accuracy(batch: list[np.ndarray], truth: np.ndarray) -> float:
+        predicted = model.predict(np.stack(batch)).argmax(1)
+        return round(float((predicted == truth).mean()), 4)
+
+    result = {
+        "faces": len(faces),
+        "found": {name: sum(c is not None for c in crops[name]) for name in detectors},
+        "found_by_both": len(both),
+        "accuracy_on_faces_both_find": {
+            name: accuracy([crops[name][i] for i in both], labels[both]) for name in detectors
+        }
+        | {"original_48x48_crops": accuracy([faces[i] for i in both], labels[both])},
+    }
+    for name in detectors:
+        found = [i for i, crop in enumerate(crops[name]) if crop is not None]
+        result[f"accuracy_on_faces_{name}_finds"] = accuracy(
+            [crops[name][i] for i in found], labels[found]
+        )
+    return result
+
+
+def markdown(result: dict) -> str:
+    both = result["accuracy_on_faces_both_find"]
+    lines = [
+        "| crops of the faces both detectors find | emotion accuracy |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in both.items()),
+    ]
+    found = ", ".join(f"{name} {count}" for name, count in result["found"].items())
+    return (
+        f"FER2013 validation faces (the shipped run's hold-out), {result['faces']} drawn, upscaled "
+        f"{UPSCALE}x in a neutral border. One face found: {found}; by both: "
+        f"{result['found_by_both']}. Each detector's accuracy on all the faces it finds: haar "
+        f"{result['accuracy_on_faces_haar_finds']}, blazeface "
+        f"{result['accuracy_on_faces_blazeface_finds']}.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the FER2013 Kaggle zip")
+    parser.add_argument("--faces", type=int, default=2000)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--detector", type=Path, default=DEFAULT_FACE_DETECTOR_PATH)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    model = EmotionModel.load(args.model)
+    result = measure(args.data, args.faces, model, args.detector)
+    write_results(args.out, "detector_crops", result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()

