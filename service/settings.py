@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="onnxruntime threads per inference in each process; 0: the process's share "
-        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model, and one for BlazeFace.",
+        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model and for BlazeFace. 1 gives up "
+        "~12 % of one-client latency for ~10 % more photos/s at saturation (measured in "
+        "[bench/results](bench/results/serve_bench.md)).",
     )
     opencv_threads: int = Field(
         0,
