@@ -236,9 +236,9 @@ def reduced_decoding(pipeline: EmotionPipeline, runs: int) -> list[dict[str, Any
             for way, min_side in ways.items():
                 started = time.process_time()
                 decoded = decode_upright(data, pipeline.limits, min_side=min_side)
-                pipeline.detector.detect(decoded.gray)
+                pipeline.detector.detect(decoded.pixels)
                 timings[way].append(time.process_time() - started)
-                shapes[way] = list(decoded.gray.shape[::-1])
+                shapes[way] = list(decoded.pixels.shape[::-1])
         row: dict[str, Any] = {"size": f"{width}x{height}", "decode_side": side}
         for way in ways:
             row[way] = {"decoded": shapes[way], "cpu_ms": _median_ms(timings[way])}

@@ -54,11 +54,12 @@ class ImageLimits:
 class DecodedImage:
     """An upload decoded upright, possibly at a fraction of its resolution.
 
-    `gray` is what the pipeline works on; `width` and `height` are the full upright size that
-    answers report, so boxes found on `gray` are mapped back by `width / gray width`.
+    `pixels` is what the pipeline works on (grayscale, or RGB for drawing the answer); `width`
+    and `height` are the full upright size that answers report, so boxes found on `pixels` are
+    mapped back by `width / pixels width`.
     """
 
-    gray: np.ndarray
+    pixels: np.ndarray
     width: int
     height: int
 
@@ -69,13 +70,13 @@ def decode_grayscale(data: bytes, limits: ImageLimits) -> np.ndarray:
     EXIF orientation is applied, so the array (and every box measured on it) is the image as a
     viewer shows it. Multi-frame files (animated WebP/PNG, multi-page TIFF) give their first frame.
     """
-    return decode_upright(data, limits).gray
+    return decode_upright(data, limits).pixels
 
 
 def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
     """Decode an upload into an upright `uint8` RGB array of shape `(height, width, 3)`: the same
     pixels `decode_grayscale` sees, in colour, for drawing the answer on what the client sent."""
-    return _decode(data, limits, "RGB", min_side=None).gray
+    return _decode(data, limits, "RGB", min_side=None).pixels
 
 
 def decode_upright(
@@ -95,8 +96,8 @@ def decode_upright(
 def _decode(
     data: bytes, limits: ImageLimits, mode: Literal["L", "RGB"], min_side: int | None
 ) -> DecodedImage:
-    """The upload decoded, upright, 8-bit, without alpha (see `_flatten`), in `mode` (`gray`
-    then holds colour for "RGB"). The conversion happens before the file is closed: a closed
+    """The upload decoded, upright, 8-bit, without alpha (see `_flatten`), in `mode` (gray "L"
+    or colour "RGB"). The conversion happens before the file is closed: a closed
     image cannot be read."""
     if not data:
         raise ImageRejected(400, "the uploaded file is empty", reason="empty")

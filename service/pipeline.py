@@ -101,9 +101,9 @@ class EmotionPipeline:
         return math.ceil(self.detector.max_side * size / self.detector.min_face_pixels)
 
     def _faces(self, decoded: DecodedImage, detect: DetectMode, max_faces: int) -> _FacesInImage:
-        """Faces are found and cropped on `decoded.gray`; their boxes are answered in pixels of
+        """Faces are found and cropped on `decoded.pixels`; their boxes are answered in pixels of
         the full upright image."""
-        gray, width, height = decoded.gray, decoded.width, decoded.height
+        gray, width, height = decoded.pixels, decoded.width, decoded.height
         size, margin = self.model.contract.input_size, self.model.contract.crop_margin
         if detect is not DetectMode.never:
             with stage("detect"):

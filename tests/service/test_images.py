@@ -167,12 +167,12 @@ def test_a_large_jpeg_is_decoded_reduced_to_just_over_the_size_asked():
     data = encode(photo, "JPEG", quality=92)
     decoded = decode_upright(data, LIMITS, min_side=640)
     assert (decoded.width, decoded.height) == (1920, 1080)  # what answers report
-    assert decoded.gray.shape == (540, 960)  # 1/2: 1/4 would be under 640 pixels wide
+    assert decoded.pixels.shape == (540, 960)  # 1/2: 1/4 would be under 640 pixels wide
     expected = cv2.resize(np.asarray(photo.convert("L")), (960, 540), interpolation=cv2.INTER_AREA)
-    assert np.abs(decoded.gray.astype(int) - expected.astype(int)).mean() < 3
-    assert decode_upright(data, LIMITS, min_side=400).gray.shape == (270, 480)  # 1/4
-    assert decode_upright(data, LIMITS, min_side=48).gray.shape == (135, 240)  # 1/8, the most
-    assert decode_upright(data, LIMITS).gray.shape == (1080, 1920)  # nothing asked: in full
+    assert np.abs(decoded.pixels.astype(int) - expected.astype(int)).mean() < 3
+    assert decode_upright(data, LIMITS, min_side=400).pixels.shape == (270, 480)  # 1/4
+    assert decode_upright(data, LIMITS, min_side=48).pixels.shape == (135, 240)  # 1/8, the most
+    assert decode_upright(data, LIMITS).pixels.shape == (1080, 1920)  # nothing asked: in full
 
 
 def test_a_reduced_decode_reports_the_upright_size_of_an_exif_rotated_photo():
@@ -181,13 +181,13 @@ def test_a_reduced_decode_reports_the_upright_size_of_an_exif_rotated_photo():
     data = encode(scene(1920, 1080), "JPEG", exif=exif.tobytes())
     decoded = decode_upright(data, LIMITS, min_side=640)
     assert (decoded.width, decoded.height) == (1080, 1920)
-    assert decoded.gray.shape == (960, 540)
+    assert decoded.pixels.shape == (960, 540)
 
 
 @pytest.mark.parametrize("format", ["PNG", "WEBP"])
 def test_formats_that_cannot_decode_reduced_are_decoded_in_full(format):
     decoded = decode_upright(encode(scene(1280, 720), format), LIMITS, min_side=320)
-    assert decoded.gray.shape == (720, 1280)
+    assert decoded.pixels.shape == (720, 1280)
     assert (decoded.width, decoded.height) == (1280, 720)
 
 
