@@ -30,6 +30,12 @@ from service.faces import FaceBox, box_in, shrink
 
 STRIDE = 32
 """The network's coarsest stride: its input sides must be multiples of this."""
+TILE_SPAN = 640
+"""Pixels of the detection copy one view covers: the first (largest) input sees them shrunk 2x,
+the most that still finds the 48-pixel faces MIN_FACE_PIXELS admits there (24 px at 640)."""
+TILE_OVERLAP = 0.25
+"""How far tiles reach into their neighbours, as a share of a tile: a face cut by one tile's
+edge is whole in the next, up to this size; larger faces are the whole-image pass's."""
 
 
 class DetectorError(RuntimeError):
@@ -170,6 +176,7 @@ class BlazeFaceDetector:
         bottom, then left); square boxes, in pixels of `gray`."""
         height, width = gray.shape
         found = [self._candidates(gray, size) for size in self.metadata.input_sizes]
+        found += self._tile_candidates(gray)
         corners = np.concatenate([boxes for boxes, _ in found])
         if not len(corners):
             return []
@@ -192,6 +199,31 @@ class BlazeFaceDetector:
                 boxes.append(box)
         boxes.sort(key=lambda box: (-box.area, box.y, box.x))
         return boxes if max_faces is None else boxes[:max_faces]
+
+    def _tile_candidates(self, gray: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The first input size run on overlapping tiles, when the detection copy (`gray`
+        shrunk to `max_side`) is larger than one view covers; none otherwise, as with the default
+        640 pixels.
+
+        One whole-image pass shrinks a large photo so far that its small faces vanish: a
+        1920x1080 photo is seen at 320 pixels, a 96-pixel face at 16. Raising DETECTION_MAX_SIDE
+        asks for those faces, at the cost of one more run per tile (e.g. 1920: 3x2 tiles)."""
+        height, width = gray.shape
+        scale = min(1.0, self.max_side / max(height, width))
+        columns = math.ceil(width * scale / TILE_SPAN)
+        rows = math.ceil(height * scale / TILE_SPAN)
+        if columns * rows <= 1:
+            return []
+        size = self.metadata.input_sizes[0]
+        found = []
+        for row in range(rows):
+            top, bottom = _tile_span(row, rows, height)
+            for column in range(columns):
+                left, right = _tile_span(column, columns, width)
+                corners, scores = self._candidates(gray[top:bottom, left:right], size)
+                offset = np.array([left, top, left, top], np.float32)
+                found.append((corners + offset, scores))
+        return found
 
     def _candidates(self, gray: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
         """The network run on `gray` scaled to fit `size` x `size`: boxes scoring at least
@@ -232,3 +264,11 @@ class BlazeFaceDetector:
         """The network's input: [1, size, size, 3] float32 in [-1, 1], gray on every channel."""
         normalised = letterbox.astype(np.float32) * (1 / 127.5) - 1
         return np.repeat(normalised[None, :, :, None], 3, axis=3)
+
+
+def _tile_span(index: int, count: int, length: int) -> tuple[int, int]:
+    """Start and end, in pixels, of tile `index` of `count` along a side of `length`: an equal
+    share of the side, reaching TILE_OVERLAP of a share into each neighbour."""
+    share = length / count
+    reach = share * TILE_OVERLAP
+    return max(0, round(index * share - reach)), min(length, round((index + 1) * share + reach))

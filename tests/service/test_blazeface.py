@@ -81,6 +81,32 @@ def test_faces_come_largest_first_and_max_faces_keeps_the_largest(detector, two_
     assert detector.detect(gray, max_faces=1) == [large]
 
 
+def group_photo(portrait_gray: np.ndarray, face: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A 1920x1080 frame with three copies of the portrait whose faces are about `face` pixels
+    wide, one of them straddling where tile edges fall; and where the faces' centres are."""
+    side = round(512 * face / 95)
+    small = cv2.resize(portrait_gray, (side, side), interpolation=cv2.INTER_AREA)
+    frame = np.full((1080, 1920), 110, np.uint8)
+    centres = []
+    for x, y in ((150, 120), (900, 520), (1500, 200)):
+        frame[y : y + side, x : x + side] = small
+        centres.append((x + FACE_CENTRE[0] * side / 512, y + FACE_CENTRE[1] * side / 512))
+    return frame, centres
+
+
+def test_a_larger_detection_side_finds_small_faces_in_a_large_photo(portrait_gray):
+    """One 320-pixel view of a 1080p photo sees a 64-pixel face at 11 pixels; DETECTION_MAX_SIDE
+    1920 covers it with 640-pixel tiles, and every face is found, in place, once."""
+    frame, centres = group_photo(portrait_gray, face=64)
+    whole = BlazeFaceDetector(DEFAULT_FACE_DETECTOR_PATH, max_side=640)
+    tiled = BlazeFaceDetector(DEFAULT_FACE_DETECTOR_PATH, max_side=1920)
+    assert len(whole.detect(frame)) < 3
+    boxes = tiled.detect(frame)
+    assert len(boxes) == 3
+    for x, y in centres:
+        assert any(abs(centre(box)[0] - x) < 12 and abs(centre(box)[1] - y) < 12 for box in boxes)
+
+
 def test_min_face_pixels_drops_faces_smaller_than_it(portrait_gray):
     """The portrait's face is ~95 px on a 512 px image: ~119 px on a 640 px copy."""
     found = BlazeFaceDetector(DEFAULT_FACE_DETECTOR_PATH, min_face_pixels=100)
