@@ -23,9 +23,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +131,17 @@ def extract_tflite(wheel: Path, source: Source, into: Path) -> Path:
     return path
 
 
+def tflite_interpreter(tflite: Path, **options: Any) -> Any:
+    """TensorFlow Lite's interpreter for `tflite`, quietly. TensorFlow warns that
+    `tf.lite.Interpreter` is deprecated for ai_edge_litert; the pinned TensorFlow still ships it,
+    and one more pinned dependency for two checks is not worth it."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_path=str(tflite), **options)
+
+
 def densified(tflite: Path, into: Path) -> Path:
     """The model with every `DENSIFY` operator replaced by the dense constant it computes (read
     from TFLite's reference kernels, without the XNNPACK delegate, which folds them away)."""
@@ -137,8 +150,8 @@ def densified(tflite: Path, into: Path) -> Path:
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model(str(tflite))
-    interpreter = tf.lite.Interpreter(
-        model_path=str(tflite),
+    interpreter = tflite_interpreter(
+        tflite,
         experimental_preserve_all_tensors=True,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
@@ -223,10 +236,9 @@ def check_parity(tflite: Path, model_bytes: bytes, size: int) -> float:
     """Largest difference between TFLite and onnxruntime on the portrait; refuses past
     `PARITY_TOLERANCE`."""
     import onnxruntime as ort
-    import tensorflow as tf
 
     image = portrait_input(size)
-    interpreter = tf.lite.Interpreter(model_path=str(tflite))
+    interpreter = tflite_interpreter(tflite)
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
     interpreter.invoke()
