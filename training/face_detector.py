@@ -17,6 +17,7 @@ are stored as float16 (as in the TFLite file, so nothing is lost) and cast once 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,14 +133,21 @@ def extract_tflite(wheel: Path, source: Source, into: Path) -> Path:
     return path
 
 
-def tflite_interpreter(tflite: Path, **options: Any) -> Any:
-    """TensorFlow Lite's interpreter for `tflite`, quietly. TensorFlow warns that
-    `tf.lite.Interpreter` is deprecated for ai_edge_litert; the pinned TensorFlow still ships it,
-    and one more pinned dependency for two checks is not worth it."""
-    import tensorflow as tf
-
+@contextlib.contextmanager
+def tflite_deprecation_silenced() -> Iterator[None]:
+    """TensorFlow warns that `tf.lite.Interpreter` (used here and inside tf2onnx) is deprecated
+    for ai_edge_litert; the pinned TensorFlow still ships it, and one more pinned dependency for
+    a conversion check is not worth it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        yield
+
+
+def tflite_interpreter(tflite: Path, **options: Any) -> Any:
+    """TensorFlow Lite's interpreter for `tflite`, without the deprecation warning."""
+    import tensorflow as tf
+
+    with tflite_deprecation_silenced():
         return tf.lite.Interpreter(model_path=str(tflite), **options)
 
 
@@ -183,7 +192,8 @@ def to_onnx(tflite: Path):
     (`image`; `boxes` [1, N, 16], `scores` [1, N, 1], told apart by their last dimension)."""
     import tf2onnx
 
-    proto, _ = tf2onnx.convert.from_tflite(str(tflite), opset=OPSET)
+    with tflite_deprecation_silenced():  # tf2onnx opens an interpreter to read tensor shapes
+        proto, _ = tf2onnx.convert.from_tflite(str(tflite), opset=OPSET)
     graph = proto.graph
     names = {graph.input[0].name: "image"}
     for output in graph.output:
