@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         "Haar searches that copy; BlazeFace sees the image whole (at 320 and 128 pixels) and, "
         "where the copy is over 640 pixels, also in overlapping tiles of 640, one more run each. "
         "Raise it for small faces in large photos: at 1920, faces of 64 pixels in a 1080p group "
-        "photo are found, for about 7x the detection time (6 tiles). At most 4096 (up to 7x7 tiles).",
+        "photo are found, for about 7x the detection time (6 tiles). "
+        "At most 4096 (up to 7x7 tiles).",
     )
     min_face_pixels: int = Field(
         24,
