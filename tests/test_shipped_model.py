@@ -73,3 +73,18 @@ def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) 
     assert described["id"] == shipped.model_id
     assert 0 < described["metrics"]["test"]["accuracy"] <= 1
     assert described["contract"]["crop_margin"] == pytest.approx(1.05)
+
+
+def test_readme_and_model_card_quote_the_shipped_models_own_figures(shipped: EmotionModel) -> None:
+    """The headline figures are copied by hand when a model ships; this catches a stale copy."""
+    metrics = json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
+    accuracy, macro_f1, ece = (
+        f"{metrics[key]:.3f}" for key in ("accuracy", "macro_f1", "expected_calibration_error")
+    )
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert (
+        f"**accuracy {accuracy}, macro-F1 {macro_f1}, expected calibration error {ece}**" in readme
+    )
+    card = (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
+    assert f"| **{accuracy}** | **{macro_f1}** | **{ece}** |" in card
+    assert f"`{shipped.model_id}`" in card
