@@ -43,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also write the test metrics into the model's metadata (what GET /model reports)",
     )
 
-    export = commands.add_parser("export", help="export a run's best weights to ONNX")
+    export = commands.add_parser(
+        "export", help="export a run's shipped weights (best epoch or weight average) to ONNX"
+    )
     export.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
     export.add_argument("--out", type=Path, help="where emotion.onnx goes (default: --run)")
     export.add_argument(

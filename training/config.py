@@ -70,6 +70,14 @@ class TrainConfig:
     """Fit a softmax temperature on validation and fold it into the exported graph."""
     flip_tta: Literal["auto", "on", "off"] = "auto"
     """Average predictions over the image and its mirror; `auto` keeps it if validation gains."""
+    swa_epochs: int = 0
+    """Epochs after the cosine schedule at `swa_learning_rate`; the shipped classifier is then the
+    mean of their end-of-epoch weights (stochastic weight averaging). 0: ship the best epoch."""
+    swa_learning_rate: float = 0.01
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.swa_epochs
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,13 @@ class Config:
                 "train.precision must be 'auto', 'float32' or 'mixed_bfloat16'",
             ),
             (t.flip_tta in ("auto", "on", "off"), "train.flip_tta must be 'auto', 'on' or 'off'"),
+            (t.swa_epochs >= 0, "train.swa_epochs must be >= 0"),
+            (t.swa_learning_rate > 0, "train.swa_learning_rate must be > 0"),
+            (
+                not t.swa_epochs or (t.schedule == "cosine" and not t.early_stopping_patience),
+                "train.swa_epochs needs schedule 'cosine' and no early stopping, so that the "
+                "averaging starts where the schedule ends",
+            ),
             (0.5 <= e.crop_margin <= 3.0, "export.crop_margin must be in [0.5, 3.0]"),
             (13 <= e.opset <= 21, "export.opset must be in [13, 21]"),
             (e.quantize in ("none", "int8"), "export.quantize must be 'none' or 'int8'"),

@@ -1,4 +1,4 @@
-"""A run's best weights -> `emotion.onnx` that the service can load without TensorFlow.
+"""A run's shipped weights -> `emotion.onnx` that the service can load without TensorFlow.
 
 The exported graph is the whole shipped prediction: raw 0-255 pixels in, calibrated (and, if
 validation chose it, flip-averaged) probabilities out. It carries the contract and its own
@@ -138,6 +138,12 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return json.loads(run_file.read_text())
 
 
+def validation_accuracy(prediction: dict[str, Any]) -> float:
+    return prediction[
+        "validation_accuracy_flip" if prediction["flip_tta"] else "validation_accuracy_plain"
+    ]
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
@@ -150,18 +156,19 @@ def export_run(
     `parity` faces check the float graph against Keras; `validation` calibrates and checks the
     int8 graph when the config asks for one (never test/: quantisation is a choice).
     """
-    from training.train import BEST_WEIGHTS, load_float32_classifier
+    from training.train import load_float32_classifier, shipped_weights
 
     record = read_run(run_dir)
-    if "prediction" not in record or not (Path(run_dir) / BEST_WEIGHTS).exists():
-        raise ExportError(f"{run_dir} has not finished training: run `train --resume` on it")
     config = config_from_dict(record["config"])
+    weights = shipped_weights(run_dir, config)
+    if "prediction" not in record or not weights.exists():
+        raise ExportError(f"{run_dir} has not finished training: run `train --resume` on it")
     prediction = record["prediction"]
     contract = ModelContract(
         crop_margin=crop_margin if crop_margin is not None else config.export.crop_margin
     )
 
-    classifier = load_float32_classifier(config, Path(run_dir) / BEST_WEIGHTS)
+    classifier = load_float32_classifier(config, weights)
     model_proto, keras_reference = convert(
         classifier, prediction["temperature"], prediction["flip_tta"], config.export.opset
     )
@@ -181,8 +188,9 @@ def export_run(
                 | {"prediction": prediction},
                 sort_keys=True,
             ),
+            # The shipped prediction's own accuracy (flip averaged or not, as chosen).
             "emotion_metrics": json.dumps(
-                {"validation": {"accuracy": record.get("best_validation_accuracy")}}
+                {"validation": {"accuracy": validation_accuracy(prediction)}}
             ),
         },
     )

@@ -3,10 +3,13 @@ prediction on validation (calibration, test-time flip), export and evaluate.
 
 A run directory holds everything a run leaves behind:
 
-    run.json                    config, seed, data fingerprint, best epoch, temperature, flip
+    run.json                    config, seed, data fingerprint, code revision of each session,
+                                best epoch, temperature, flip
     training_log.csv            one row per epoch (Keras CSVLogger)
     checkpoint/                 the last epoch's full state, for --resume
     best_classifier.weights.h5  the classifier at its best validation accuracy
+    weight_average.npz          with train.swa_epochs: the running mean of the classifier's weights
+    averaged_classifier.weights.h5  that mean with its batch norm recomputed: the one shipped
     emotion.onnx, metrics.json, *.png   the artifact and its evidence
 """
 
@@ -27,6 +30,7 @@ import keras
 import numpy as np
 
 from service.contract import LABELS
+from training.averaging import ConstantAfter, WeightAverage, recompute_batch_norm
 from training.config import Config, config_from_dict, load_config
 from training.errors import RunError
 
@@ -36,6 +40,8 @@ RUN_FILE = "run.json"
 LOG_FILE = "training_log.csv"
 CHECKPOINT_DIR = "checkpoint"
 BEST_WEIGHTS = "best_classifier.weights.h5"
+WEIGHT_AVERAGE = "weight_average.npz"
+AVERAGED_WEIGHTS = "averaged_classifier.weights.h5"
 DEFAULT_SEED = 1337
 
 
@@ -138,6 +144,10 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
             warmup_target=t.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
+        if t.swa_epochs:
+            learning_rate = ConstantAfter(
+                learning_rate, t.epochs * steps_per_epoch, t.swa_learning_rate
+            )
     else:
         learning_rate = t.learning_rate
     if t.optimizer == "sgd":
@@ -148,11 +158,16 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
 
 
 def make_callbacks(config: Config, out: Path, best_so_far: float) -> list[keras.callbacks.Callback]:
-    callbacks = [
+    callbacks: list[keras.callbacks.Callback] = []
+    if config.train.swa_epochs:
+        # Before the backup, so that a run dying between the two repeats an epoch already in the
+        # average (which skips it) rather than one missing from it.
+        callbacks.append(WeightAverage("classifier", config.train.epochs, out / WEIGHT_AVERAGE))
+    callbacks += [
         keras.callbacks.BackupAndRestore(str(out / CHECKPOINT_DIR), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
         SaveBestClassifier(out / BEST_WEIGHTS, best_so_far),
-        EpochReport(config.train.epochs),
+        EpochReport(config.train.total_epochs),
     ]
     if config.train.schedule == "plateau":
         callbacks.append(
@@ -227,6 +242,25 @@ def best_logged_accuracy(out: Path) -> float:
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
 
 
+def shipped_weights(run_dir: Path, config: Config) -> Path:
+    """The classifier a run ships: its weight average when it has one, else its best epoch."""
+    return Path(run_dir) / (AVERAGED_WEIGHTS if config.train.swa_epochs else BEST_WEIGHTS)
+
+
+def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
+    """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces."""
+    from training.averaging import load_average
+
+    classifier = load_float32_classifier(config, out / BEST_WEIGHTS)
+    mean, epochs = load_average(out / WEIGHT_AVERAGE)
+    classifier.set_weights(mean)
+    recompute_batch_norm(classifier, as_images(train_images))
+    classifier.save_weights(str(out / AVERAGED_WEIGHTS))
+    log.info(
+        "shipping the mean of epochs %d-%d (%d epochs)", epochs[0] + 1, epochs[-1] + 1, len(epochs)
+    )
+
+
 def load_float32_classifier(config: Config, weights: Path):
     """Rebuild the classifier in float32 and load trained weights into it.
 
@@ -297,9 +331,10 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def previous_fit_seconds(out: Path) -> float:
+def recorded(out: Path, key: str, default: Any) -> Any:
+    """What an earlier session of this run wrote under `key` in its run.json, else `default`."""
     path = out / RUN_FILE
-    return float(json.loads(path.read_text()).get("fit_seconds", 0.0)) if path.exists() else 0.0
+    return json.loads(path.read_text()).get(key, default) if path.exists() else default
 
 
 def write_run_file(out: Path, record: dict[str, Any]) -> None:
@@ -352,6 +387,7 @@ def train(
     )
     log.info("train per class: %s", dataset.train.class_counts())
 
+    from training.export import code_version
     from training.model import build_training_model
 
     keras.utils.set_random_seed(seed)
@@ -377,6 +413,8 @@ def train(
             "precision": precision,
             "backend": keras.backend.backend(),
             "machine": machine_description(),
+            # One entry per session, so a run resumed on other code says so.
+            "code_versions": [*recorded(out, "code_versions", []), code_version()],
         },
     )
 
@@ -388,7 +426,7 @@ def train(
         one_hot(dataset.train.y),
         sample_weight=weights[dataset.train.y].astype(np.float32),
         validation_data=(as_images(dataset.validation.x), one_hot(dataset.validation.y)),
-        epochs=config.train.epochs,
+        epochs=config.train.total_epochs,
         batch_size=config.train.batch_size,
         shuffle=True,
         callbacks=make_callbacks(config, out, best_logged_accuracy(out)),
@@ -396,7 +434,9 @@ def train(
     )
     elapsed = time.monotonic() - started
 
-    classifier = load_float32_classifier(config, out / BEST_WEIGHTS)
+    if config.train.swa_epochs:
+        average_classifier(config, out, dataset.train.x)
+    classifier = load_float32_classifier(config, shipped_weights(out, config))
     prediction = choose_prediction(config, classifier, dataset.validation)
     write_run_file(
         out,
@@ -404,7 +444,7 @@ def train(
             "prediction": prediction,
             "best_validation_accuracy": best_logged_accuracy(out),
             # Summed over sessions, so a resumed run still reports its whole training time.
-            "fit_seconds": round(previous_fit_seconds(out) + elapsed, 1),
+            "fit_seconds": round(recorded(out, "fit_seconds", 0.0) + elapsed, 1),
         },
     )
 

@@ -49,6 +49,10 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[model]\nfilters = [8, 16]\nconvs_per_stage = [1]\n", "one per stage"),
         ("[model]\nconvs_per_stage = [1, 2, 'x', 2]\n", "must hold integers"),
         ("[train\n", "not valid TOML"),
+        ("[train]\nswa_epochs = -1\n", "train.swa_epochs must be >= 0"),
+        ("[train]\nswa_learning_rate = 0\n", "train.swa_learning_rate must be > 0"),
+        ("[train]\nswa_epochs = 5\nschedule = 'plateau'\n", "swa_epochs needs schedule 'cosine'"),
+        ("[train]\nswa_epochs = 5\nearly_stopping_patience = 3\n", "and no early stopping"),
     ],
 )
 def test_bad_configs_are_refused_with_the_key_named(

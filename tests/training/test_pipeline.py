@@ -94,6 +94,8 @@ def test_resume_continues_from_the_last_epoch(
     train(tiny_zip, out, smoke_config, epochs=3, resume=True)
     epochs = [line.split(",")[0] for line in (out / "training_log.csv").read_text().splitlines()]
     assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
+    versions = json.loads((out / "run.json").read_text())["code_versions"]
+    assert len(versions) == 2 and all(versions), versions  # one per session
 
 
 def test_resume_keeps_the_recipe_and_split_the_run_started_with(
