@@ -9,7 +9,9 @@ Writes into the output folder:
                              matrix, expected calibration error
     confusion_matrix.png     row-normalised, labelled
     reliability_diagram.png  confidence against accuracy, with the gap per bin
-    training_curves.png      accuracy and loss, train against validation (when a log is given)
+    training_curves.png      accuracy and loss, train against validation (when a log is given),
+                             marking where weight averaging began and what the shipped model
+                             scores on validation
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import itertools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +34,30 @@ log = logging.getLogger(__name__)
 CALIBRATION_BINS = 15
 
 
-def predict_onnx(model_path: Path, faces: np.ndarray) -> np.ndarray:
-    """Probabilities for uint8 N x 48 x 48 faces through the service's own model class, so the
-    scores come from the same contract checks and preprocessing that serve them."""
+def load_model(model_path: Path):
+    """The service's own model class, so the scores come from the same contract checks and
+    preprocessing that serve them."""
     from service.model import EmotionModel
 
-    return EmotionModel.load(Path(model_path)).predict(faces).astype(np.float64)
+    return EmotionModel.load(Path(model_path))
+
+
+@dataclass(frozen=True)
+class CurveMarks:
+    """What the per-epoch curves alone do not show, read from the model's own metadata."""
+
+    averaging_from: int | None = None
+    """First epoch (1-based) of the weight average the model ships, if it ships one."""
+    shipped_validation_accuracy: float | None = None
+
+
+def curve_marks(model) -> CurveMarks:
+    train = (model.training.config or {}).get("train", {})
+    validation = ((model.training.metrics or {}).get("validation") or {}).get("accuracy")
+    return CurveMarks(
+        averaging_from=train["epochs"] + 1 if train.get("swa_epochs") else None,
+        shipped_validation_accuracy=validation,
+    )
 
 
 def expected_calibration_error(
@@ -169,13 +190,32 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
 
-def plot_curves(history: dict[str, list[float]], path: Path) -> None:
+def plot_curves(
+    history: dict[str, list[float]], path: Path, marks: CurveMarks = CurveMarks()
+) -> None:
     plt = _pyplot()
     epochs = [int(e) + 1 for e in history["epoch"]]
     figure, (accuracy_axes, loss_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for axes, metric in ((accuracy_axes, "accuracy"), (loss_axes, "loss")):
         axes.plot(epochs, history[metric], label="train")
         axes.plot(epochs, history[f"val_{metric}"], label="validation")
+        if marks.averaging_from is not None:
+            axes.axvline(
+                marks.averaging_from - 0.5,
+                color="grey",
+                linestyle="--",
+                label=f"weight averaging from epoch {marks.averaging_from}",
+            )
+        if metric == "accuracy" and marks.shipped_validation_accuracy is not None:
+            axes.plot(
+                [epochs[-1]],
+                [marks.shipped_validation_accuracy],
+                marker="*",
+                markersize=12,
+                linestyle="none",
+                color="black",
+                label=f"shipped model, validation {marks.shipped_validation_accuracy:.3f}",
+            )
         axes.set_xlabel("epoch")
         axes.set_ylabel(metric)
         axes.grid(alpha=0.3)
@@ -195,7 +235,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score `model_path` on `test`, write metrics.json and the PNGs into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    probabilities = predict_onnx(model_path, test.x)
+    model = load_model(model_path)
+    probabilities = model.predict(test.x).astype(np.float64)
     metrics = {
         "split": "test (FER2013 PublicTest)",
         **classification_metrics(probabilities, test.y),
@@ -207,7 +248,7 @@ def evaluate_model(
         out / "reliability_diagram.png",
     )
     if history is not None and Path(history).exists():
-        plot_curves(read_history(Path(history)), out / "training_curves.png")
+        plot_curves(read_history(Path(history)), out / "training_curves.png", curve_marks(model))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info(
         "test: accuracy %.4f, macro-F1 %.4f, ECE %.4f on %d images",

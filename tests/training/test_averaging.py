@@ -118,3 +118,14 @@ def test_a_run_with_weight_averaging_ships_the_average(
 
     np.testing.assert_allclose(shipped, probabilities_of(out / AVERAGED_WEIGHTS), atol=1e-4)
     assert not np.allclose(shipped, probabilities_of(out / BEST_WEIGHTS), atol=1e-4)
+
+    # The curves mark where averaging began and what the shipped average scores on validation.
+    from training.evaluate import curve_marks, load_model
+
+    marks = curve_marks(load_model(model_path))
+    assert marks.averaging_from == 3
+    assert marks.shipped_validation_accuracy == pytest.approx(
+        prediction[
+            "validation_accuracy_flip" if prediction["flip_tta"] else "validation_accuracy_plain"
+        ]
+    )
