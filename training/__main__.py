@@ -68,7 +68,15 @@ def run(args: argparse.Namespace) -> None:
         path = train(
             args.data, args.out, args.config, args.epochs, args.limit, args.resume, args.seed
         )
-        print(f"model written to {path}")
+        if path is None:
+            from training.export import export_commands
+
+            print(
+                f"trained; export and evaluate where TensorFlow is installed:\n"
+                f"{export_commands(args.out, args.data)}"
+            )
+        else:
+            print(f"model written to {path}")
     elif args.command == "evaluate":
         from training.data import load_test_split
         from training.evaluate import evaluate_model

@@ -9,6 +9,7 @@ failed export never leaves a model where the service would load it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -32,6 +33,24 @@ OUTPUT_NAME = "probabilities"
 PARITY_TOLERANCE = 1e-4
 """Largest allowed difference between Keras and onnxruntime probabilities."""
 PARITY_IMAGES = 64
+
+
+def can_export() -> bool:
+    """Whether this environment has the converter. A GPU machine running Keras on JAX does not:
+    a run trained there is exported where TensorFlow is installed."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tf2onnx"))
+    except (ImportError, ValueError):
+        return False
+
+
+def export_commands(run_dir: Path, data: Path) -> str:
+    """The two commands that finish a run trained where it could not be exported."""
+    return (
+        f"python -m training export --run {run_dir}\n"
+        f"python -m training evaluate --model {run_dir}/{MODEL_FILE} --data {data} "
+        f"--out {run_dir} --stamp"
+    )
 
 
 def code_version() -> str:

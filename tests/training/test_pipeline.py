@@ -20,7 +20,7 @@ from training import quantize as quantize_module
 from training.config import DEFAULT_CONFIG
 from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.train import train
+from training.train import session_seed, train
 
 EVIDENCE = (
     "metrics.json",
@@ -96,6 +96,9 @@ def test_resume_continues_from_the_last_epoch(
     assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
     versions = json.loads((out / "run.json").read_text())["code_versions"]
     assert len(versions) == 2 and all(versions), versions  # one per session
+    # The second session draws new shuffles and augmentations, not the first session's again.
+    assert session_seed(out, 1337) == 1337 + 3
+    assert session_seed(tmp_path / "new", 1337) == 1337
 
 
 def test_resume_keeps_the_recipe_and_split_the_run_started_with(

@@ -1,0 +1,68 @@
+"""The GPU workflow on CPU: train with Keras on JAX where TensorFlow cannot be imported, then
+export and evaluate that run here, with TensorFlow, into a model the service loads.
+
+The GPU machine has JAX and no TensorFlow; blocking the import in the training process makes
+this one the same, so any TensorFlow import on the training path fails this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from service.model import EmotionModel
+from training.data import load_dataset, read_splits
+from training.export import export_run
+from training.train import AVERAGED_WEIGHTS
+
+# An import hook that finds neither package, as on the GPU machine (an entry of None in
+# sys.modules would not do: Keras takes any "tensorflow" key there as TensorFlow being loaded).
+WITHOUT_TENSORFLOW = """
+import importlib.abc, sys
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "tf2onnx"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTensorFlow())
+from training.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_trained_on_jax_without_tensorflow_exports_here(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path, repo_root: Path
+) -> None:
+    config = tmp_path / "swa.toml"
+    config.write_text(smoke_config.read_text() + 'swa_epochs = 1\n\n[export]\nquantize = "none"\n')
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_zip), "--out", str(out), "--config", str(config)]
+    finished = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, *args],
+        cwd=repo_root,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"python -m training export --run {out}" in finished.stdout
+    record = json.loads((out / "run.json").read_text())
+    assert record["backend"] == "jax"
+    assert "temperature" in record["prediction"]
+    assert (out / AVERAGED_WEIGHTS).exists()
+    assert not (out / "emotion.onnx").exists()
+
+    dataset = load_dataset(tiny_zip, 0.1, record["seed"], record["limit"])
+    model_path = export_run(out, out, parity=dataset.test, validation=dataset.validation)
+    model = EmotionModel.load(model_path)
+    assert model.training.config["train"]["swa_epochs"] == 1
+    probabilities = model.predict(read_splits(tiny_zip)[0]["test"].x[:4])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
