@@ -95,6 +95,7 @@ def load_average(path: Path) -> tuple[list[np.ndarray], list[int]]:
 
 
 def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive slices of `x`, the last one shorter if `len(x)` is not a multiple."""
     for start in range(0, len(x), batch_size):
         yield x[start : start + batch_size]
 

@@ -30,7 +30,13 @@ import keras
 import numpy as np
 
 from service.contract import LABELS
-from training.averaging import ConstantAfter, WeightAverage, recompute_batch_norm
+from training.averaging import (
+    ConstantAfter,
+    WeightAverage,
+    batches,
+    load_average,
+    recompute_batch_norm,
+)
 from training.config import Config, config_from_dict, load_config
 from training.errors import RunError
 
@@ -230,6 +236,15 @@ class EpochReport(keras.callbacks.Callback):
         )
 
 
+def logged_epochs(out: Path) -> list[dict[str, str]]:
+    """The rows of the run's epoch log, one per finished epoch over all its sessions."""
+    path = out / LOG_FILE
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return [row for row in csv.DictReader(handle) if row]
+
+
 def session_seed(out: Path, seed: int) -> int:
     """The run's seed, moved on by the epochs it has finished.
 
@@ -239,20 +254,11 @@ def session_seed(out: Path, seed: int) -> int:
     memory (train accuracy jumped 0.85 -> 0.89 in one epoch when that happened). The data split
     does not use this seed; it is carved from the run's own.
     """
-    path = out / LOG_FILE
-    if not path.exists():
-        return seed
-    with path.open() as handle:
-        return seed + sum(1 for row in csv.DictReader(handle) if row)
+    return seed + len(logged_epochs(out))
 
 
 def best_logged_accuracy(out: Path) -> float:
-    path = out / LOG_FILE
-    if not path.exists():
-        return -1.0
-    with path.open() as handle:
-        values = [float(row["val_accuracy"]) for row in csv.DictReader(handle) if row]
-    return max(values, default=-1.0)
+    return max((float(row["val_accuracy"]) for row in logged_epochs(out)), default=-1.0)
 
 
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
@@ -265,9 +271,7 @@ def shipped_weights(run_dir: Path, config: Config) -> Path:
 
 def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
     """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces."""
-    from training.averaging import load_average
-
-    classifier = load_float32_classifier(config, out / BEST_WEIGHTS)
+    classifier = float32_classifier(config)
     mean, epochs = load_average(out / WEIGHT_AVERAGE)
     classifier.set_weights(mean)
     recompute_batch_norm(classifier, as_images(train_images))
@@ -277,8 +281,8 @@ def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> N
     )
 
 
-def load_float32_classifier(config: Config, weights: Path):
-    """Rebuild the classifier in float32 and load trained weights into it.
+def float32_classifier(config: Config) -> keras.Model:
+    """The classifier rebuilt in float32, for trained weights to be put into.
 
     A graph traced under mixed_bfloat16 converts to ONNX ops that onnxruntime refuses; the same
     architecture in float32 with the trained (float32-stored) weights converts cleanly.
@@ -286,7 +290,11 @@ def load_float32_classifier(config: Config, weights: Path):
     from training.model import build_classifier
 
     keras.mixed_precision.set_dtype_policy("float32")
-    classifier = build_classifier(config.model)
+    return build_classifier(config.model)
+
+
+def load_float32_classifier(config: Config, weights: Path) -> keras.Model:
+    classifier = float32_classifier(config)
     classifier.load_weights(str(weights))
     return classifier
 
@@ -298,13 +306,11 @@ def validation_logits(
     from training.model import logits_model, shipped_logits
 
     logits_fn = logits_model(classifier)
-    batches = [
-        keras.ops.convert_to_numpy(
-            shipped_logits(logits_fn, as_images(x[start : start + batch_size]), flip_tta)
-        )
-        for start in range(0, len(x), batch_size)
+    logits = [
+        keras.ops.convert_to_numpy(shipped_logits(logits_fn, as_images(batch), flip_tta))
+        for batch in batches(x, batch_size)
     ]
-    return np.concatenate(batches).astype(np.float64)
+    return np.concatenate(logits).astype(np.float64)
 
 
 def choose_prediction(config: Config, classifier, validation) -> dict[str, Any]:
@@ -467,14 +473,12 @@ def train(
     )
 
     from training.evaluate import evaluate_model
-    from training.export import can_export, export_commands, export_run, stamp_metrics
+    from training.export import can_export, export_run, stamp_metrics
 
     if not can_export():
         log.warning(
-            "trained on %s; TensorFlow and tf2onnx are not installed here, so export and "
-            "evaluate where they are:\n%s",
+            "trained on %s; not exported: TensorFlow and tf2onnx are not installed here",
             keras.backend.backend(),
-            export_commands(out, data),
         )
         return None
     model_path = export_run(out, out, parity=dataset.test, validation=dataset.validation)
