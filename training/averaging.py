@@ -22,8 +22,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+@keras.saving.register_keras_serializable(package="training")
 class ConstantAfter(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule` for the first `boundary_step` steps, then `value` for ever."""
+    """`schedule` for the first `boundary_step` steps, then `value` for ever.
+
+    Serialisable both ways, so that a compiled model saved whole (`model.save("x.keras")`) loads
+    again with its optimizer; the run's own checkpoints hold weights and optimizer variables only.
+    """
 
     def __init__(
         self,
@@ -44,6 +49,11 @@ class ConstantAfter(keras.optimizers.schedules.LearningRateSchedule):
             "boundary_step": self.boundary_step,
             "value": self.value,
         }
+
+    @classmethod
+    def from_config(cls, config: dict) -> ConstantAfter:
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(schedule, config["boundary_step"], config["value"])
 
 
 class WeightAverage(keras.callbacks.Callback):

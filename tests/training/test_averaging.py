@@ -12,8 +12,15 @@ import onnxruntime as ort
 import pytest
 
 from training.averaging import ConstantAfter, WeightAverage, load_average, recompute_batch_norm
+from training.config import load_config
 from training.data import read_splits
-from training.train import AVERAGED_WEIGHTS, BEST_WEIGHTS, WEIGHT_AVERAGE, train
+from training.train import (
+    AVERAGED_WEIGHTS,
+    BEST_WEIGHTS,
+    WEIGHT_AVERAGE,
+    make_optimizer,
+    train,
+)
 
 
 def test_the_learning_rate_follows_the_schedule_then_stays_constant() -> None:
@@ -22,6 +29,27 @@ def test_the_learning_rate_follows_the_schedule_then_stays_constant() -> None:
     rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 50, 99, 100, 5000)]
     assert rates[:3] == pytest.approx([0.05, 0.025, float(cosine(99))], rel=1e-5)
     assert rates[3:] == pytest.approx([0.01, 0.01])
+
+
+def test_a_model_saved_whole_with_the_shipped_optimizer_loads_with_its_schedule(
+    tmp_path: Path,
+) -> None:
+    optimizer = make_optimizer(load_config(), steps_per_epoch=10)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer=optimizer, loss="mse")
+    model.save(tmp_path / "whole.keras")
+
+    # `learning_rate` reads the current rate; the schedule object is `_learning_rate`
+    loaded = keras.saving.load_model(tmp_path / "whole.keras").optimizer._learning_rate
+    assert isinstance(loaded, ConstantAfter)
+    steps = [0, 5, 10, 400, 799, 800, 5000]  # warm-up, cosine, then the averaging phase
+
+    def rates(schedule) -> list[float]:
+        return [float(keras.ops.convert_to_numpy(schedule(step))) for step in steps]
+
+    assert rates(loaded) == pytest.approx(rates(optimizer._learning_rate))
+    assert rates(loaded)[-1] == pytest.approx(load_config().train.swa_learning_rate)
 
 
 def tiny_regressor() -> keras.Model:
