@@ -94,20 +94,9 @@ def run(args: argparse.Namespace) -> None:
             f"ECE {metrics['expected_calibration_error']:.4f}  -> {args.out / 'metrics.json'}"
         )
     elif args.command == "export":
-        from training.config import config_from_dict
-        from training.data import load_dataset
-        from training.errors import ExportError
-        from training.export import export_run, read_run
+        from training.export import export_run, run_dataset
 
-        record = read_run(args.run)
-        data = args.data or Path(record["data"]["source"])
-        fraction = config_from_dict(record["config"]).train.validation_fraction
-        dataset = load_dataset(data, fraction, record["seed"], record.get("limit"))
-        if dataset.sha256 != record["data"]["sha256"]:
-            raise ExportError(
-                f"{data} is not the data set {args.run} was trained on (sha256 differs), so "
-                "its validation split would not be the run's: pass the run's own --data"
-            )
+        dataset = run_dataset(args.run, args.data)
         path = export_run(
             args.run,
             args.out or args.run,

@@ -23,7 +23,7 @@ import numpy as np
 
 from service.contract import LABELS, METADATA_KEY, ModelContract
 from training.config import config_from_dict
-from training.data import Split
+from training.data import Dataset, Split, load_dataset
 from training.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,24 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     if not run_file.exists():
         raise ExportError(f"{run_dir} is not a run directory: it has no {RUN_FILE}")
     return json.loads(run_file.read_text())
+
+
+def run_dataset(run_dir: Path, data: Path | None = None) -> Dataset:
+    """The data set a run was trained on, split exactly as the run split it.
+
+    The validation faces drive the int8 check and the exported metadata, so they must be the
+    run's own: the same fraction, seed and limit, from the same file (checked by sha256).
+    """
+    record = read_run(run_dir)
+    data = Path(data) if data is not None else Path(record["data"]["source"])
+    fraction = config_from_dict(record["config"]).train.validation_fraction
+    dataset = load_dataset(data, fraction, record["seed"], record.get("limit"))
+    if dataset.sha256 != record["data"]["sha256"]:
+        raise ExportError(
+            f"{data} is not the data set {run_dir} was trained on (sha256 differs), so "
+            "its validation split would not be the run's: pass the run's own --data"
+        )
+    return dataset
 
 
 def validation_accuracy(prediction: dict[str, Any]) -> float:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from service.model import EmotionModel
-from training.data import load_dataset, read_splits
-from training.export import export_run
+from training.data import read_splits
+from training.export import export_run, run_dataset
 from training.train import AVERAGED_WEIGHTS
 
 # An import hook that finds neither package, as on the GPU machine (an entry of None in
@@ -60,7 +60,7 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
     assert (out / AVERAGED_WEIGHTS).exists()
     assert not (out / "emotion.onnx").exists()
 
-    dataset = load_dataset(tiny_zip, 0.1, record["seed"], record["limit"])
+    dataset = run_dataset(out)
     model_path = export_run(out, out, parity=dataset.test, validation=dataset.validation)
     model = EmotionModel.load(model_path)
     assert model.training.config["train"]["swa_epochs"] == 1
