@@ -222,6 +222,19 @@ def test_export_then_evaluate_stamp_ships_a_model_from_a_run(
     assert carried["test"]["accuracy"] == written["accuracy"]
 
 
+def test_export_refuses_data_other_than_the_runs_own(finished_run: Path, tmp_path: Path) -> None:
+    """Another file would carve another validation split, and the int8 check would use it."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["data"]["sha256"] = "0" * 64
+    (run / "run.json").write_text(json.dumps(record))
+    result = run_cli("export", "--run", str(run), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "is not the data set" in result.stderr
+    assert not (tmp_path / "emotion.onnx").exists()
+
+
 def test_evaluate_command_prints_and_writes_metrics(
     finished_run: Path, tiny_zip: Path, tmp_path: Path
 ) -> None:
