@@ -88,3 +88,13 @@ def test_readme_and_model_card_quote_the_shipped_models_own_figures(shipped: Emo
     card = (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
     assert f"| **{accuracy}** | **{macro_f1}** | **{ece}** |" in card
     assert f"`{shipped.model_id}`" in card
+
+
+def test_model_card_per_class_table_is_the_shipped_models() -> None:
+    """The per-class rows are copied by hand too; a row left from an older model fails here."""
+    metrics = json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
+    card = (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
+    for label in LABELS:
+        scores = metrics["per_class"][label]
+        row = " | ".join(f"{scores[key]:.3f}" for key in ("precision", "recall", "f1"))
+        assert f"| {label} | {row} | {scores['support']} |" in card, label
