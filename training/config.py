@@ -46,6 +46,10 @@ class AugmentConfig:
     zoom: float = 0.1
     contrast: float = 0.0
     """Largest random contrast change (fraction); 0 turns it off."""
+    erasing: float = 0.0
+    """Share of images in which a random rectangle (2-33 % of the image) is replaced by noise
+    (Zhong et al., 2017: random erasing); it stands in for the occlusion FER2013 has little of.
+    0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class Config:
             (0 <= a.rotation_degrees <= 45, "augment.rotation_degrees must be in [0, 45]"),
             (0 <= a.zoom < 0.5, "augment.zoom must be in [0, 0.5)"),
             (0 <= a.contrast < 1, "augment.contrast must be in [0, 1)"),
+            (0 <= a.erasing <= 1, "augment.erasing must be in [0, 1]"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 1, "train.batch_size must be >= 1"),
             (t.optimizer in ("sgd", "adamw"), "train.optimizer must be 'sgd' or 'adamw'"),

@@ -77,6 +77,13 @@ def build_augmenter(config: AugmentConfig) -> keras.Sequential:
         steps.append(layers.RandomZoom(config.zoom, fill_mode="reflect", dtype="float32"))
     if config.contrast:
         steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255), dtype="float32"))
+    if config.erasing:
+        # A fixed (p, p) range: a single float would draw the probability itself from [0, p].
+        steps.append(
+            layers.RandomErasing(
+                (config.erasing, config.erasing), value_range=(0, 255), dtype="float32"
+            )
+        )
     return keras.Sequential(steps, name="augment")
 
 

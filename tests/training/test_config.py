@@ -45,6 +45,7 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[train]\noptimizer = 'rmsprop'\n", "train.optimizer must be 'sgd' or 'adamw'"),
         ("[model]\nfilters = 32\n", "model.filters must be a list"),
         ("[augment]\nflip = 1\n", "augment.flip must be true or false"),
+        ("[augment]\nerasing = 1.5\n", "augment.erasing must be in [0, 1]"),
         ("[export]\ncrop_margin = 9.0\n", "export.crop_margin must be in [0.5, 3.0]"),
         ("[model]\nfilters = [8, 16]\nconvs_per_stage = [1]\n", "one per stage"),
         ("[model]\nconvs_per_stage = [1, 2, 'x', 2]\n", "must hold integers"),

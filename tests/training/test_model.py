@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from service.contract import LABELS
-from training.config import ModelConfig
-from training.model import build_classifier, logits_model
+from training.config import AugmentConfig, ModelConfig
+from training.model import build_augmenter, build_classifier, logits_model
 
 
 def conv_names(config: ModelConfig) -> list[str]:
@@ -39,3 +40,17 @@ def test_classifier_takes_raw_pixels_and_answers_probabilities() -> None:
     logits = np.asarray(logits_model(classifier).predict(faces, verbose=0))
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     np.testing.assert_allclose(exp / exp.sum(axis=1, keepdims=True), probabilities, atol=1e-5)
+
+
+def test_random_erasing_covers_part_of_some_images_in_training_only() -> None:
+    images = np.full((64, 48, 48, 1), 128.0, dtype="float32")
+    augmenter = build_augmenter(
+        AugmentConfig(flip=False, shift=0, rotation_degrees=0, zoom=0, erasing=0.5)
+    )
+    erased = np.abs(np.asarray(augmenter(images, training=True)) - images).reshape(64, -1) > 0
+    touched = erased.any(axis=1)
+    assert 10 < touched.sum() < 54, "about half the images should have a patch erased"
+    assert erased[touched].mean() < 0.5, "a patch, not the whole image"
+    assert np.array_equal(np.asarray(augmenter(images, training=False)), images)
+    default = build_augmenter(AugmentConfig())
+    assert not any(isinstance(layer, keras.layers.RandomErasing) for layer in default.layers)
