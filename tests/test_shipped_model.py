@@ -75,9 +75,20 @@ def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) 
     assert described["contract"]["crop_margin"] == pytest.approx(1.05)
 
 
-def test_readme_and_model_card_quote_the_shipped_models_own_figures(shipped: EmotionModel) -> None:
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model_card() -> str:
+    return (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
+
+
+def test_readme_and_model_card_quote_the_shipped_models_own_figures(
+    shipped: EmotionModel, metrics: dict, model_card: str
+) -> None:
     """The headline figures are copied by hand when a model ships; this catches a stale copy."""
-    metrics = json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
     accuracy, macro_f1, ece = (
         f"{metrics[key]:.3f}" for key in ("accuracy", "macro_f1", "expected_calibration_error")
     )
@@ -85,16 +96,13 @@ def test_readme_and_model_card_quote_the_shipped_models_own_figures(shipped: Emo
     assert (
         f"**accuracy {accuracy}, macro-F1 {macro_f1}, expected calibration error {ece}**" in readme
     )
-    card = (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
-    assert f"| **{accuracy}** | **{macro_f1}** | **{ece}** |" in card
-    assert f"`{shipped.model_id}`" in card
+    assert f"| **{accuracy}** | **{macro_f1}** | **{ece}** |" in model_card
+    assert f"`{shipped.model_id}`" in model_card
 
 
-def test_model_card_per_class_table_is_the_shipped_models() -> None:
+def test_model_card_per_class_table_is_the_shipped_models(metrics: dict, model_card: str) -> None:
     """The per-class rows are copied by hand too; a row left from an older model fails here."""
-    metrics = json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
-    card = (REPO_ROOT / "artifacts" / "MODEL_CARD.md").read_text()
     for label in LABELS:
         scores = metrics["per_class"][label]
         row = " | ".join(f"{scores[key]:.3f}" for key in ("precision", "recall", "f1"))
-        assert f"| {label} | {row} | {scores['support']} |" in card, label
+        assert f"| {label} | {row} | {scores['support']} |" in model_card, label

@@ -47,9 +47,9 @@ class AugmentConfig:
     contrast: float = 0.0
     """Largest random contrast change (fraction); 0 turns it off."""
     erasing: float = 0.0
-    """Share of images in which a random rectangle (2-33 % of the image) is replaced by noise
-    (Zhong et al., 2017: random erasing); it stands in for the occlusion FER2013 has little of.
-    0 turns it off."""
+    """Share of images in which a random rectangle (`model.ERASED_AREA` of the image) is replaced
+    by noise (Zhong et al., 2017: random erasing); it stands in for the occlusion FER2013 has
+    little of. 0 turns it off."""
 
 
 @dataclass(frozen=True)

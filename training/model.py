@@ -52,6 +52,10 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs, probabilities, name="classifier")
 
 
+ERASED_AREA = (0.02, 0.33)
+"""Share of the image a random-erasing patch covers (Zhong et al., 2017's range)."""
+
+
 def build_augmenter(config: AugmentConfig) -> keras.Sequential:
     """On-the-fly augmentation; active only in training, so it never reaches the export.
 
@@ -79,9 +83,13 @@ def build_augmenter(config: AugmentConfig) -> keras.Sequential:
         steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255), dtype="float32"))
     if config.erasing:
         # A fixed (p, p) range: a single float would draw the probability itself from [0, p].
+        # The area range is stated, not left to Keras's default, because the config documents it.
         steps.append(
             layers.RandomErasing(
-                (config.erasing, config.erasing), value_range=(0, 255), dtype="float32"
+                (config.erasing, config.erasing),
+                scale=ERASED_AREA,
+                value_range=(0, 255),
+                dtype="float32",
             )
         )
     return keras.Sequential(steps, name="augment")
