@@ -4,7 +4,7 @@ prediction on validation (calibration, test-time flip), export and evaluate.
 A run directory holds everything a run leaves behind:
 
     run.json                    config, seed, data fingerprint, code revision of each session,
-                                best epoch, temperature, flip
+                                training time, best epoch, temperature, flip
     training_log.csv            one row per epoch (Keras CSVLogger)
     checkpoint/                 the last epoch's full state, for --resume
     best_classifier.weights.h5  the classifier at its best validation accuracy
@@ -173,6 +173,7 @@ def make_callbacks(config: Config, out: Path, best_so_far: float) -> list[keras.
         keras.callbacks.BackupAndRestore(str(out / CHECKPOINT_DIR), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
         SaveBestClassifier(out / BEST_WEIGHTS, best_so_far),
+        FitClock(out),
         EpochReport(config.train.total_epochs),
     ]
     if config.train.schedule == "plateau":
@@ -204,6 +205,26 @@ class SaveBestClassifier(keras.callbacks.Callback):
         if accuracy > self.best:
             self.best = accuracy
             self.model.get_layer("classifier").save_weights(str(self.path))
+
+
+class FitClock(keras.callbacks.Callback):
+    """Add each finished epoch's time to the run's `fit_seconds`, as the epoch ends.
+
+    Written once at the end, the sum lost every session that was killed before it finished (a
+    run spanning sessions recorded 2 of its 4.6 hours); an epoch cut short is trained again on
+    resume and counted then.
+    """
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        total = recorded(self.out, "fit_seconds", 0.0) + time.monotonic() - self.started
+        write_run_file(self.out, {"fit_seconds": round(total, 1)})
 
 
 class EpochReport(keras.callbacks.Callback):
@@ -444,7 +465,6 @@ def train(
 
     weights = class_weights(dataset.train.y, config.train.class_weight_power)
     log.info("class weights: %s", dict(zip(LABELS, np.round(weights, 3).tolist(), strict=True)))
-    started = time.monotonic()
     model.fit(
         as_images(dataset.train.x),
         one_hot(dataset.train.y),
@@ -456,7 +476,6 @@ def train(
         callbacks=make_callbacks(config, out, best_logged_accuracy(out)),
         verbose=2 if not os.isatty(1) else 1,
     )
-    elapsed = time.monotonic() - started
 
     if config.train.swa_epochs:
         average_classifier(config, out, dataset.train.x)
@@ -467,8 +486,6 @@ def train(
         {
             "prediction": prediction,
             "best_validation_accuracy": best_logged_accuracy(out),
-            # Summed over sessions, so a resumed run still reports its whole training time.
-            "fit_seconds": round(recorded(out, "fit_seconds", 0.0) + elapsed, 1),
         },
     )
 

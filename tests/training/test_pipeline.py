@@ -7,8 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,7 +22,7 @@ from training import quantize as quantize_module
 from training.config import DEFAULT_CONFIG
 from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.train import session_seed, train
+from training.train import FitClock, recorded, session_seed, train
 
 EVIDENCE = (
     "metrics.json",
@@ -76,6 +78,7 @@ def test_run_file_records_what_was_chosen_on_validation(finished_run: Path) -> N
     assert record["prediction"]["temperature"] > 0
     assert isinstance(record["prediction"]["flip_tta"], bool)
     assert record["precision"] in ("float32", "mixed_bfloat16")
+    assert record["fit_seconds"] > 0
 
 
 @pytest.mark.parametrize("layout", ["tiny_folder", "tiny_csv"])
@@ -99,6 +102,38 @@ def test_resume_continues_from_the_last_epoch(
     # The second session draws new shuffles and augmentations, not the first session's again.
     assert session_seed(out, 1337) == 1337 + 3
     assert session_seed(tmp_path / "new", 1337) == 1337
+
+
+class SlowEpochs(keras.callbacks.Callback):
+    """Epochs of at least `seconds`, and a session killed as epoch `killed_at` begins."""
+
+    def __init__(self, seconds: float, killed_at: int | None = None) -> None:
+        super().__init__()
+        self.seconds, self.killed_at = seconds, killed_at
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        if epoch == self.killed_at:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        time.sleep(self.seconds)
+
+
+def test_training_time_survives_a_session_killed_mid_run(tmp_path: Path) -> None:
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((8, 3)), np.zeros((8, 2))
+
+    killed = [SlowEpochs(0.2, killed_at=2), FitClock(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, epochs=5, verbose=0, callbacks=killed)
+    first_session = recorded(tmp_path, "fit_seconds", 0.0)
+    assert 0.4 <= first_session < 5  # its two finished epochs, kept although it never finished
+
+    resumed = [SlowEpochs(0.2), FitClock(tmp_path)]
+    model.fit(x, y, epochs=3, initial_epoch=2, verbose=0, callbacks=resumed)
+    assert recorded(tmp_path, "fit_seconds", 0.0) >= first_session + 0.2
 
 
 def test_resume_keeps_the_recipe_and_split_the_run_started_with(
