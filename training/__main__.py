@@ -1,4 +1,5 @@
-"""`python -m training download | train | evaluate | export`: from data to a servable model."""
+"""`python -m training download | train | evaluate | export | compare`: from data to a servable
+model, and the choice of which model to ship."""
 
 from __future__ import annotations
 
@@ -54,6 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     export.add_argument(
         "--crop-margin", type=float, help="override the contract's crop margin (see MODEL_CARD.md)"
     )
+
+    compare = commands.add_parser(
+        "compare",
+        help="rank exported models on the validation faces none of them trained on",
+    )
+    compare.add_argument("models", type=Path, nargs="+", help="exported emotion.onnx files")
+    compare.add_argument("--data", type=Path, required=True, help="the data they were trained on")
     return parser.parse_args(argv)
 
 
@@ -105,6 +113,10 @@ def run(args: argparse.Namespace) -> None:
             crop_margin=args.crop_margin,
         )
         print(f"model written to {path}")
+    elif args.command == "compare":
+        from training.compare import compare, report
+
+        print(report(*compare(args.models, args.data)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,10 @@ from training.config import ConfigError
 from training.data import DataError
 
 
+class CompareError(Exception):
+    """Models that cannot be compared fairly on validation, or a wrong data set for them."""
+
+
 class DownloadError(Exception):
     """The Kaggle download cannot happen; the message says what to do."""
 
@@ -21,6 +25,7 @@ class ExportError(Exception):
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
+    CompareError,
     ContractError,
     DataError,
     DownloadError,
