@@ -5,7 +5,7 @@
 The shipped emotion model was trained on FER2013's own crops, and the contract's `crop_margin`
 was measured on Haar boxes; BlazeFace's boxes are corrected to frame faces the same way
 (`bench/crop_margin.py`). This checks the end of that chain: FER2013 validation faces (the
-training run's own hold-out: 10 %, seed 1337; never test/) are upscaled 4x into a neutral
+model's own run's hold-out, read from its metadata; never test/) are upscaled 4x into a neutral
 border, found by each detector, cropped by the service's own `crop_face` with the model's
 contract, and classified. Accuracy is compared on the faces both detectors find, beside the
 accuracy of the original 48x48 crops (what `detect=never` sees). Writes
@@ -32,10 +32,7 @@ from service.faces import FaceBox, FaceDetector, crop_face  # noqa: E402
 from service.haar import HaarDetector  # noqa: E402
 from service.model import EmotionModel  # noqa: E402
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_MODEL_PATH  # noqa: E402
-from training.data import load_dataset  # noqa: E402
-
-VALIDATION_FRACTION, SEED = 0.1, 1337
-"""The shipped training run's validation split (training/configs/default.toml)."""
+from training.compare import split_data, validation_split_of  # noqa: E402
 
 
 def framed(face: np.ndarray) -> np.ndarray:
@@ -51,7 +48,7 @@ def one_face(detector: FaceDetector, image: np.ndarray) -> FaceBox | None:
 
 
 def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) -> dict:
-    validation = load_dataset(data, VALIDATION_FRACTION, SEED).validation
+    validation = split_data(validation_split_of(model), data).validation
     pick = np.random.default_rng(0).choice(len(validation), min(count, len(validation)), False)
     faces, labels = validation.x[pick], validation.y[pick]
     detectors: dict[str, FaceDetector] = {

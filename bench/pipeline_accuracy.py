@@ -8,8 +8,8 @@ and, when it finds one, cuts its own crop around the detector's box, so a client
 FER2013 crops gets a different, and measurably not worse, answer. Each crop is PNG-encoded and
 passed through `EmotionPipeline.predict` in process (decode, detect, crop, infer: the same code
 an HTTP request runs, without the HTTP). Writes bench/results/pipeline_accuracy_<split>.{json,md}.
-Validation is the training run's hold-out (10 %, seed 1337); `--split test` reads PublicTest, to
-report, never to choose.
+Validation is the model's own training run's hold-out (read from its metadata); `--split test`
+reads PublicTest, to report, never to choose.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from service.images import ImageLimits  # noqa: E402
 from service.pipeline import EmotionPipeline  # noqa: E402
 from service.schemas import DetectMode, Prediction  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from training.data import LABELS, Split, load_dataset, load_test_split  # noqa: E402
+from training.compare import split_data, validation_split_of  # noqa: E402
+from training.data import LABELS, Split, load_test_split  # noqa: E402
 
-VALIDATION_FRACTION, SEED = 0.1, 1337
-"""The shipped training run's validation split (training/configs/default.toml)."""
 BATCH = 64
 
 
@@ -84,11 +83,12 @@ def main() -> None:
         max_pixels=settings.max_image_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
     )
-    pipeline = EmotionPipeline(load_model(settings), load_detector(settings), limits)
+    model = load_model(settings)
+    pipeline = EmotionPipeline(model, load_detector(settings), limits)
     if args.split == "test":
         faces = load_test_split(args.data)
     else:
-        faces = load_dataset(args.data, VALIDATION_FRACTION, SEED).validation
+        faces = split_data(validation_split_of(model), args.data).validation
     result = measure(pipeline, faces)
     name = f"pipeline_accuracy_{args.split}"
     write_results(args.out, name, result, markdown(args.split, settings, result))

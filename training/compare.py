@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from service.model import CONFIG_KEY, DATASET_KEY, EmotionModel
-from training.data import load_dataset
+from training.data import Dataset, load_dataset
 from training.errors import CompareError
 from training.evaluate import classification_metrics, load_model
 
@@ -99,6 +99,18 @@ def common_split(models: list[EmotionModel]) -> ValidationSplit:
     return split
 
 
+def split_data(split: ValidationSplit, data: Path) -> Dataset:
+    """`data` split as the models' runs split it, after checking it is the data they recorded."""
+    dataset = load_dataset(data, split.fraction, split.seed, split.limit)
+    if dataset.sha256 != split.dataset_sha256:
+        raise CompareError(
+            f"{data} is not the data set these models were trained on (sha256 "
+            f"{dataset.sha256[:12]}…, they record {split.dataset_sha256[:12]}…): its validation "
+            "split would not be theirs. Pass the data they were trained on."
+        )
+    return dataset
+
+
 def score(model: EmotionModel, faces: np.ndarray, labels: np.ndarray) -> Score:
     probabilities = model.predict(faces).astype(np.float64)
     metrics = classification_metrics(probabilities, labels)
@@ -132,14 +144,7 @@ def compare(paths: list[Path], data: Path) -> tuple[ValidationSplit, list[Score]
         raise CompareError("a model is named twice")
     models = [load_model(path) for path in paths]
     split = common_split(models)
-    dataset = load_dataset(data, split.fraction, split.seed, split.limit)
-    if dataset.sha256 != split.dataset_sha256:
-        raise CompareError(
-            f"{data} is not the data set these models were trained on (sha256 "
-            f"{dataset.sha256[:12]}…, they record {split.dataset_sha256[:12]}…): its validation "
-            "split would not be theirs. Pass the data they were trained on."
-        )
-    validation = dataset.validation
+    validation = split_data(split, data).validation
     scores = [score(model, validation.x, validation.y) for model in models]
     return split, sorted(scores, key=lambda s: (-s.accuracy, s.nll))
 
