@@ -27,6 +27,9 @@ CONFIG_KEY = "emotion_config"
 DATASET_KEY = "emotion_dataset_sha256"
 CREATED_KEY = "emotion_created"
 CODE_VERSION_KEY = "emotion_code_version"
+# Written by training's export for the tools that choose between models; the service ignores them.
+TRAINING_KEY = "emotion_training"
+QUANTIZATION_KEY = "emotion_quantization"
 
 HOW_TO_GET_A_MODEL = (
     "train one with `python -m training train` (it writes artifacts/emotion.onnx), copy an "

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.model import CONFIG_KEY, DATASET_KEY, EmotionModel
+from service.model import CONFIG_KEY, DATASET_KEY, TRAINING_KEY, EmotionModel
 from training.data import Dataset, load_dataset
 from training.errors import CompareError
 from training.evaluate import classification_metrics, load_model
 
-TRAINING_KEY = "emotion_training"
 NOISE_LEVEL = 0.05
 """p-value of McNemar's test above which a difference is reported as within noise."""
 

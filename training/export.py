@@ -22,6 +22,15 @@ from typing import Any
 import numpy as np
 
 from service.contract import LABELS, METADATA_KEY, ModelContract
+from service.model import (
+    CODE_VERSION_KEY,
+    CONFIG_KEY,
+    CREATED_KEY,
+    DATASET_KEY,
+    METRICS_KEY,
+    QUANTIZATION_KEY,
+    TRAINING_KEY,
+)
 from training.config import config_from_dict
 from training.data import Dataset, Split, load_dataset
 from training.errors import ExportError
@@ -213,11 +222,11 @@ def export_run(
         model_proto,
         {
             METADATA_KEY: contract.to_json(),
-            "emotion_config": json.dumps(record["config"], sort_keys=True),
-            "emotion_dataset_sha256": record["data"]["sha256"],
-            "emotion_created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "emotion_code_version": code_version(),
-            "emotion_training": json.dumps(
+            CONFIG_KEY: json.dumps(record["config"], sort_keys=True),
+            DATASET_KEY: record["data"]["sha256"],
+            CREATED_KEY: datetime.now(UTC).isoformat(timespec="seconds"),
+            CODE_VERSION_KEY: code_version(),
+            TRAINING_KEY: json.dumps(
                 {
                     key: record.get(key)
                     for key in ("seed", "limit", "precision", "backend", "machine")
@@ -226,9 +235,7 @@ def export_run(
                 sort_keys=True,
             ),
             # The shipped prediction's own accuracy (flip averaged or not, as chosen).
-            "emotion_metrics": json.dumps(
-                {"validation": {"accuracy": validation_accuracy(prediction)}}
-            ),
+            METRICS_KEY: json.dumps({"validation": {"accuracy": validation_accuracy(prediction)}}),
         },
     )
     model_proto.producer_name = "emotion-training"
@@ -268,7 +275,7 @@ def quantized(float_proto, validation: Split):
     )
     int8_proto = onnx.load_from_string(int8_model)
     int8_proto.producer_name = float_proto.producer_name
-    set_metadata(int8_proto, {"emotion_quantization": json.dumps(report | {"type": "int8"})})
+    set_metadata(int8_proto, {QUANTIZATION_KEY: json.dumps(report | {"type": "int8"})})
     return int8_proto
 
 
@@ -278,7 +285,7 @@ def stamp_metrics(model_path: Path, metrics: dict[str, Any]) -> None:
 
     model_proto = onnx.load(str(model_path))
     carried = json.loads(
-        {p.key: p.value for p in model_proto.metadata_props}.get("emotion_metrics", "{}")
+        {p.key: p.value for p in model_proto.metadata_props}.get(METRICS_KEY, "{}")
     )
     carried["test"] = {
         key: metrics[key]
@@ -291,5 +298,5 @@ def stamp_metrics(model_path: Path, metrics: dict[str, Any]) -> None:
             "per_class",
         )
     }
-    set_metadata(model_proto, {"emotion_metrics": json.dumps(carried, sort_keys=True)})
+    set_metadata(model_proto, {METRICS_KEY: json.dumps(carried, sort_keys=True)})
     write_atomically(model_proto, Path(model_path))
