@@ -20,11 +20,28 @@ INPUT_SIZE = 48
 METADATA_KEY = "emotion_contract"
 """ONNX `metadata_props` key holding the contract as JSON."""
 
+# The artifact's provenance, beside the contract: written by training's export, reported by the
+# service (`GET /model`), and read by the tools that choose between models (`training compare`).
+METRICS_KEY = "emotion_metrics"
+CONFIG_KEY = "emotion_config"
+DATASET_KEY = "emotion_dataset_sha256"
+CREATED_KEY = "emotion_created"
+CODE_VERSION_KEY = "emotion_code_version"
+TRAINING_KEY = "emotion_training"
+QUANTIZATION_KEY = "emotion_quantization"
+
 CONTRACT_VERSION = 1
 
 
 class ContractError(ValueError):
     """The model artifact does not carry a contract this code can honour."""
+
+
+class ModelError(RuntimeError):
+    """The model artifact cannot be served; the message says why and what to do.
+
+    Here rather than beside the model class so that training's command line can report it as
+    one line without importing onnxruntime (a JAX training machine need not have it)."""
 
 
 @dataclass(frozen=True)

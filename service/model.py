@@ -18,18 +18,19 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import ContractError, ModelContract
+from service.contract import (
+    CODE_VERSION_KEY,
+    CONFIG_KEY,
+    CREATED_KEY,
+    DATASET_KEY,
+    METRICS_KEY,
+    ContractError,
+    ModelContract,
+    ModelError,
+)
 
 log = logging.getLogger(__name__)
 
-METRICS_KEY = "emotion_metrics"
-CONFIG_KEY = "emotion_config"
-DATASET_KEY = "emotion_dataset_sha256"
-CREATED_KEY = "emotion_created"
-CODE_VERSION_KEY = "emotion_code_version"
-# Written by training's export for the tools that choose between models; the service ignores them.
-TRAINING_KEY = "emotion_training"
-QUANTIZATION_KEY = "emotion_quantization"
 
 HOW_TO_GET_A_MODEL = (
     "train one with `python -m training train` (it writes artifacts/emotion.onnx), copy an "
@@ -37,10 +38,6 @@ HOW_TO_GET_A_MODEL = (
 )
 
 _PROBABILITY_TOLERANCE = 1e-3
-
-
-class ModelError(RuntimeError):
-    """The model artifact cannot be served; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

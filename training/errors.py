@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.contract import ContractError
+from service.contract import ContractError, ModelError
 from training.config import ConfigError
 from training.data import DataError
 
@@ -30,5 +30,6 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     DataError,
     DownloadError,
     ExportError,
+    ModelError,
     RunError,
 )

@@ -21,15 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import LABELS, METADATA_KEY, ModelContract
-from service.model import (
+from service.contract import (
     CODE_VERSION_KEY,
     CONFIG_KEY,
     CREATED_KEY,
     DATASET_KEY,
+    LABELS,
+    METADATA_KEY,
     METRICS_KEY,
     QUANTIZATION_KEY,
     TRAINING_KEY,
+    ModelContract,
 )
 from training.config import config_from_dict
 from training.data import Dataset, Split, load_dataset

@@ -1,8 +1,9 @@
 """The GPU workflow on CPU: train with Keras on JAX where TensorFlow cannot be imported, then
 export and evaluate that run here, with TensorFlow, into a model the service loads.
 
-The GPU machine has JAX and no TensorFlow; blocking the import in the training process makes
-this one the same, so any TensorFlow import on the training path fails this test.
+The GPU machine has JAX and no TensorFlow (and need not have onnxruntime); blocking those imports
+in the training process makes this one the same, so any of them on the training path fails this
+test.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from training.data import read_splits
 from training.export import export_run, run_dataset
 from training.train import AVERAGED_WEIGHTS
 
-# An import hook that finds neither package, as on the GPU machine (an entry of None in
+# An import hook that finds none of these packages, as on the GPU machine (an entry of None in
 # sys.modules would not do: Keras takes any "tensorflow" key there as TensorFlow being loaded).
 WITHOUT_TENSORFLOW = """
 import importlib.abc, sys
 
 class NoTensorFlow(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "tf2onnx"):
+        if name.partition(".")[0] in ("tensorflow", "tf2onnx", "onnxruntime"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
