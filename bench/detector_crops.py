@@ -32,7 +32,7 @@ from service.faces import FaceBox, FaceDetector, crop_face  # noqa: E402
 from service.haar import HaarDetector  # noqa: E402
 from service.model import EmotionModel  # noqa: E402
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_MODEL_PATH  # noqa: E402
-from training.compare import split_data, validation_split_of  # noqa: E402
+from training.compare import validation_split_of  # noqa: E402
 
 
 def framed(face: np.ndarray) -> np.ndarray:
@@ -48,7 +48,7 @@ def one_face(detector: FaceDetector, image: np.ndarray) -> FaceBox | None:
 
 
 def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) -> dict:
-    validation = split_data(validation_split_of(model), data).validation
+    validation = validation_split_of(model).load(data).validation
     pick = np.random.default_rng(0).choice(len(validation), min(count, len(validation)), False)
     faces, labels = validation.x[pick], validation.y[pick]
     detectors: dict[str, FaceDetector] = {

@@ -30,7 +30,7 @@ from service.images import ImageLimits  # noqa: E402
 from service.pipeline import EmotionPipeline  # noqa: E402
 from service.schemas import DetectMode, Prediction  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from training.compare import split_data, validation_split_of  # noqa: E402
+from training.compare import validation_split_of  # noqa: E402
 from training.data import LABELS, Split, load_test_split  # noqa: E402
 
 BATCH = 64
@@ -88,7 +88,7 @@ def main() -> None:
     if args.split == "test":
         faces = load_test_split(args.data)
     else:
-        faces = split_data(validation_split_of(model), args.data).validation
+        faces = validation_split_of(model).load(args.data).validation
     result = measure(pipeline, faces)
     name = f"pipeline_accuracy_{args.split}"
     write_results(args.out, name, result, markdown(args.split, settings, result))

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "compare":
         from training.compare import compare, report
 
-        print(report(*compare(args.models, args.data)))
+        print(report(compare(args.models, args.data)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,18 @@
-"""Rank exported models on the validation faces none of them trained on: which one to ship.
+"""Rank exported models on held-out validation faces: which one to ship.
 
 `test/` scores the shipped model once, for its card; choosing between models there would tune the
 shipped one toward test. Each run carves its validation split from `train/` with its own seed,
 fraction and limit, so models are compared only when those and the data file match: otherwise
 one model's validation faces were another's training faces, and the comparison would flatter it.
+Validation faces that are pixel copies of a training face are left out too (FER2013 has 7-8 %
+of them): they reward memory, and users never send them. The same faces also chose each run's
+epoch, temperature and flip averaging, a small optimism every run shares.
 
 The ONNX files themselves are scored, int8 graph, temperature and flip averaging included, through
 the service's own model class: the answer is about what would be served. Models rank by accuracy,
 then by negative log-likelihood (the better-calibrated of two equally accurate models), and each
-is set against the best with McNemar's exact test on the faces where exactly one of the two is
-right, so a difference of a few faces is not mistaken for progress.
+is set against the best on the faces where exactly one of the two is right: McNemar's exact test
+and a 95 % interval for the gap, so a difference of a few faces is not mistaken for progress.
 """
 
 from __future__ import annotations
@@ -20,27 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.model import CONFIG_KEY, DATASET_KEY, TRAINING_KEY, EmotionModel
-from training.data import Dataset, load_dataset
+from service.contract import CONFIG_KEY, DATASET_KEY, TRAINING_KEY
+from service.model import EmotionModel
+from training.data import ValidationSplit, copies_of
 from training.errors import CompareError
 from training.evaluate import classification_metrics, load_model
 
-NOISE_LEVEL = 0.05
-"""p-value of McNemar's test above which a difference is reported as within noise."""
-
-
-@dataclass(frozen=True)
-class ValidationSplit:
-    """What decides which faces a run held out: equal for two models, equal faces."""
-
-    dataset_sha256: str
-    seed: int
-    fraction: float
-    limit: int | None
-
-    def describe(self) -> str:
-        limit = f"at most {self.limit} a class" if self.limit else "all images"
-        return f"seed {self.seed}, fraction {self.fraction}, {limit}"
+SIGNIFICANCE_LEVEL = 0.05
+"""McNemar p-value at or below which a gap is reported as a real difference."""
+Z_95 = 1.96
 
 
 @dataclass(frozen=True)
@@ -52,62 +43,88 @@ class Score:
     nll: float
     ece: float
     correct: np.ndarray
-    """Per validation face, whether the model's top answer is its label (for McNemar)."""
+    """Per compared face, whether the model's top answer is its label (for McNemar)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    split: ValidationSplit
+    copies_left_out: int
+    scores: list[Score]
+    """Best first."""
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A model against the best: faces only the best gets right, only it gets right, p-value."""
+    """A model against the best, on the faces where exactly one of the two is right."""
 
     only_best: int
     only_this: int
+    gap: float
+    """The best's accuracy minus this one's."""
+    margin: float
+    """Half-width of the 95 % interval for `gap` (paired, normal approximation)."""
     p_value: float
 
 
 def validation_split_of(model: EmotionModel) -> ValidationSplit:
     """The split a model was validated on, from the record its export wrote into it."""
     metadata = model.session.get_modelmeta().custom_metadata_map
+    missing = [key for key in (TRAINING_KEY, CONFIG_KEY, DATASET_KEY) if key not in metadata]
+    if missing:
+        raise CompareError(
+            f"{model.path} does not record the validation split it was chosen on (no "
+            f"{', '.join(missing)} metadata): export its run again with "
+            "`python -m training export --run DIR`"
+        )
     try:
-        training = json.loads(metadata[TRAINING_KEY])
-        config = json.loads(metadata[CONFIG_KEY])
-        return ValidationSplit(
+        training, config = json.loads(metadata[TRAINING_KEY]), json.loads(metadata[CONFIG_KEY])
+        split = ValidationSplit(
             dataset_sha256=metadata[DATASET_KEY],
-            seed=int(training["seed"]),
-            fraction=float(config["train"]["validation_fraction"]),
+            seed=training["seed"],
+            fraction=config["train"]["validation_fraction"],
             limit=training.get("limit"),
         )
-    except (KeyError, TypeError, ValueError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise CompareError(
-            f"{model.path} does not record the validation split it was chosen on ({error!r} is "
-            "missing): export it again with `python -m training export --run DIR`"
+            f"{model.path}: its training record is unreadable ({error!r})"
         ) from error
+    well_typed = (
+        isinstance(split.seed, int)
+        and isinstance(split.fraction, float)
+        and (split.limit is None or isinstance(split.limit, int))
+    )
+    if not well_typed:
+        raise CompareError(f"{model.path}: its training record is unreadable ({split})")
+    return split
 
 
 def common_split(models: list[EmotionModel]) -> ValidationSplit:
-    splits = {model.path: validation_split_of(model) for model in models}
-    first, split = next(iter(splits.items()))
-    for path, other in splits.items():
+    first, split = models[0].path, validation_split_of(models[0])
+    for model in models[1:]:
+        other = validation_split_of(model)
         if other != split:
             raise CompareError(
-                f"{first} was validated on other faces than {path} ({split.describe()} against "
-                f"{other.describe()}, data sha256 {split.dataset_sha256[:12]}… against "
+                f"{first} was validated on other faces than {model.path} ({split.describe()} "
+                f"against {other.describe()}; data sha256 {split.dataset_sha256[:12]}… against "
                 f"{other.dataset_sha256[:12]}…): one model's validation faces were the other's "
                 "training faces, so comparing them there would flatter it. Compare runs trained "
-                "on the same data with the same seed, validation_fraction and --limit."
+                "on the same data file with the same seed, validation_fraction and --limit."
             )
     return split
 
 
-def split_data(split: ValidationSplit, data: Path) -> Dataset:
-    """`data` split as the models' runs split it, after checking it is the data they recorded."""
-    dataset = load_dataset(data, split.fraction, split.seed, split.limit)
-    if dataset.sha256 != split.dataset_sha256:
-        raise CompareError(
-            f"{data} is not the data set these models were trained on (sha256 "
-            f"{dataset.sha256[:12]}…, they record {split.dataset_sha256[:12]}…): its validation "
-            "split would not be theirs. Pass the data they were trained on."
-        )
-    return dataset
+def distinct(models: list[EmotionModel]) -> list[EmotionModel]:
+    """`models`, refused if one file is given twice (under any name: same content, same id)."""
+    seen: dict[str, Path] = {}
+    for model in models:
+        if model.model_id in seen:
+            raise CompareError(
+                f"{seen[model.model_id]} and {model.path} are the same model "
+                f"(id {model.model_id[:12]}…): name each model once"
+            )
+        seen[model.model_id] = model.path
+    return models
 
 
 def score(model: EmotionModel, faces: np.ndarray, labels: np.ndarray) -> Score:
@@ -130,29 +147,34 @@ def mcnemar(best: Score, other: Score) -> Difference:
     would be a fair coin's toss between them."""
     from scipy.stats import binomtest
 
+    faces = len(best.correct)
     only_best = int((best.correct & ~other.correct).sum())
     only_this = int((other.correct & ~best.correct).sum())
     disagreements = only_best + only_this
     p_value = binomtest(only_best, disagreements).pvalue if disagreements else 1.0
-    return Difference(only_best, only_this, float(p_value))
+    gap = (only_best - only_this) / faces
+    spread = np.sqrt(max(disagreements - (only_best - only_this) ** 2 / faces, 0.0)) / faces
+    return Difference(only_best, only_this, gap, Z_95 * float(spread), float(p_value))
 
 
-def compare(paths: list[Path], data: Path) -> tuple[ValidationSplit, list[Score]]:
-    """The models' common validation split and their scores on it, best first."""
-    if len({path.resolve() for path in paths}) != len(paths):
-        raise CompareError("a model is named twice")
-    models = [load_model(path) for path in paths]
+def compare(paths: list[Path], data: Path) -> Comparison:
+    """The models scored on their common validation split's unseen faces, best first."""
+    models = distinct([load_model(path) for path in paths])
     split = common_split(models)
-    validation = split_data(split, data).validation
-    scores = [score(model, validation.x, validation.y) for model in models]
-    return split, sorted(scores, key=lambda s: (-s.accuracy, s.nll))
+    dataset = split.load(data)
+    unseen = ~copies_of(dataset.train, dataset.validation.x)
+    faces, labels = dataset.validation.x[unseen], dataset.validation.y[unseen]
+    scores = [score(model, faces, labels) for model in models]
+    ranked = sorted(scores, key=lambda s: (-s.accuracy, s.nll))
+    return Comparison(split, int((~unseen).sum()), ranked)
 
 
-def report(split: ValidationSplit, scores: list[Score]) -> str:
-    faces = len(scores[0].correct)
+def report(comparison: Comparison) -> str:
+    scores = comparison.scores
     lines = [
-        f"validation: {faces} faces carved from train/ ({split.describe()}), "
-        "which none of these models trained on",
+        f"validation: {len(scores[0].correct)} faces carved from train/ "
+        f"({comparison.split.describe()}), {comparison.copies_left_out} copies of training faces "
+        "left out",
         "",
         f"{'rank':<5}{'accuracy':>9}{'macro-F1':>10}{'NLL':>8}{'ECE':>8}  {'id':<13} model",
     ]
@@ -161,12 +183,12 @@ def report(split: ValidationSplit, scores: list[Score]) -> str:
             f"{rank:<5}{s.accuracy:>9.4f}{s.macro_f1:>10.4f}{s.nll:>8.4f}{s.ece:>8.4f}  "
             f"{s.model_id[:12]:<13} {s.path}"
         )
-    best = scores[0]
     for rank, other in enumerate(scores[1:], start=2):
-        d = mcnemar(best, other)
-        verdict = "within noise" if d.p_value > NOISE_LEVEL else "a real difference"
+        d = mcnemar(scores[0], other)
+        verdict = "significant" if d.p_value <= SIGNIFICANCE_LEVEL else "no detectable difference"
         lines.append(
-            f"1 against {rank}: only 1 is right on {d.only_best} faces, only {rank} on "
-            f"{d.only_this}; McNemar exact p = {d.p_value:.3f}: {verdict}"
+            f"1 against {rank}: accuracy gap {d.gap:+.4f} ± {d.margin:.4f} (95 %); only 1 is "
+            f"right on {d.only_best} faces, only {rank} on {d.only_this}; McNemar exact "
+            f"p = {d.p_value:.3f}: {verdict}"
         )
     return "\n".join(lines)

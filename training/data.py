@@ -249,3 +249,47 @@ def load_dataset(
 
 def load_test_split(path: Path, limit: int | None = None) -> Split:
     return read_splits(path, limit)[0]["test"]
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Which faces a run held out of `train/`: two runs with equal ones held out the same faces.
+
+    Recorded by every run (run.json) and carried by every exported model, so that export, the
+    benchmarks and `compare` work on the run's own validation faces, never on faces it trained on.
+    """
+
+    dataset_sha256: str
+    seed: int
+    fraction: float
+    limit: int | None
+
+    def load(self, path: Path) -> Dataset:
+        """`path` split as the run split it, once its fingerprint shows it is the run's file."""
+        dataset = load_dataset(path, self.fraction, self.seed, self.limit)
+        if dataset.sha256 != self.dataset_sha256:
+            raise DataError(
+                f"{path} is not the data set file the run was trained on (sha256 "
+                f"{dataset.sha256[:12]}…, the run recorded {self.dataset_sha256[:12]}…), so its "
+                "validation split would not be the run's. A zip, its unpacked folder and the CSV "
+                "are fingerprinted differently: pass the very file the run was trained on."
+            )
+        return dataset
+
+    def describe(self) -> str:
+        limit = "all of train/" if self.limit is None else f"train/ limited to {self.limit} a class"
+        return f"seed {self.seed}, fraction {self.fraction}, {limit}"
+
+
+def copies_of(seen: Split, faces: np.ndarray) -> np.ndarray:
+    """Which `faces` are pixel-for-pixel copies of a face in `seen`, as a boolean mask.
+
+    FER2013 repeats images within `train/` and between `train/` and `test/` (7-8 % of held-out
+    faces); a model recalls those rather than recognises them, so they flatter any score.
+    """
+    known = {face_fingerprint(face) for face in seen.x}
+    return np.array([face_fingerprint(face) in known for face in faces], dtype=bool)
+
+
+def face_fingerprint(face: np.ndarray) -> bytes:
+    return hashlib.sha256(face.tobytes()).digest()

@@ -34,7 +34,7 @@ from service.contract import (
     ModelContract,
 )
 from training.config import config_from_dict
-from training.data import Dataset, Split, load_dataset
+from training.data import Dataset, Split, ValidationSplit
 from training.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -176,14 +176,16 @@ def run_dataset(run_dir: Path, data: Path | None = None) -> Dataset:
     """
     record = read_run(run_dir)
     data = Path(data) if data is not None else Path(record["data"]["source"])
-    fraction = config_from_dict(record["config"]).train.validation_fraction
-    dataset = load_dataset(data, fraction, record["seed"], record.get("limit"))
-    if dataset.sha256 != record["data"]["sha256"]:
-        raise ExportError(
-            f"{data} is not the data set {run_dir} was trained on (sha256 differs), so "
-            "its validation split would not be the run's: pass the run's own --data"
-        )
-    return dataset
+    return run_validation_split(record).load(data)
+
+
+def run_validation_split(record: dict[str, Any]) -> ValidationSplit:
+    return ValidationSplit(
+        dataset_sha256=record["data"]["sha256"],
+        seed=record["seed"],
+        fraction=config_from_dict(record["config"]).train.validation_fraction,
+        limit=record.get("limit"),
+    )
 
 
 def validation_accuracy(prediction: dict[str, Any]) -> float:
