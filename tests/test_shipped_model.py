@@ -58,12 +58,29 @@ def test_a_real_smile_is_read_as_happy_through_detection(portrait_answer: dict) 
     assert set(face["probabilities"]) == set(LABELS)
 
 
+KERNEL_TOLERANCE = 0.02
+"""How far a probability may move between CPUs: the shipped model's 8-bit weights overflow
+onnxruntime's int8 sums on CPUs without VNNI (see training/quantize.py), which moves this
+portrait's `happy` from 0.896 (VNNI, and the graph evaluated op by op) to 0.905 (AVX2)."""
+
+
+def without_probabilities(answer: dict) -> tuple[dict, list[dict[str, float]]]:
+    faces = [dict(face) for face in answer["faces"]]
+    scores = [face.pop("probabilities") | {"": face.pop("confidence")} for face in faces]
+    return answer | {"faces": faces}, scores
+
+
 def test_the_readme_quotes_the_shipped_models_real_answer(portrait_answer: dict) -> None:
-    """The README's first example answer is what this model says, so a new model updates it."""
+    """The README's first example answer is what this model says, so a new model updates it:
+    the model id, box and emotion exactly, the probabilities to within CPU differences."""
     readme = (REPO_ROOT / "README.md").read_text()
     quoted = re.search(r"## Try it.*?```json\n(.*?)```", readme, re.DOTALL)
     assert quoted, "README.md has no JSON answer under '## Try it'"
-    assert json.loads(quoted.group(1)) == portrait_answer
+    quoted_answer, quoted_scores = without_probabilities(json.loads(quoted.group(1)))
+    answer, scores = without_probabilities(portrait_answer)
+    assert quoted_answer == answer
+    for quoted_face, face in zip(quoted_scores, scores, strict=True):
+        assert quoted_face == pytest.approx(face, abs=KERNEL_TOLERANCE)
 
 
 def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) -> None:

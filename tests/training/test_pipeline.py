@@ -205,6 +205,7 @@ def test_the_shipped_graph_is_int8_and_says_what_that_cost(
     report = json.loads(metadata["emotion_quantization"])
     assert report["type"] == "int8"
     assert report["agreement"] >= quantize_module.MIN_AGREEMENT
+    assert report["kernel_agreement"] >= quantize_module.MIN_KERNEL_AGREEMENT
     assert report["faces"] == len(run_splits(finished_run, tiny_zip).validation)
 
 

@@ -1,0 +1,73 @@
+"""The int8 graph answers the same on every x86 CPU.
+
+Without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in saturating 16-bit
+integers; 8-bit weights then overflow them where activations and weights are both large. This
+convolution is built to do exactly that: on an AVX2 machine (such as CI's) the first test fails
+for 8-bit weights; on a VNNI machine nothing saturates whatever the weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from training.errors import ExportError
+from training.quantize import (
+    _probabilities,
+    check_quantized,
+    quantize_int8,
+    reference_probabilities,
+)
+
+CHANNELS = 16
+
+
+def large_weight_convolution() -> bytes:
+    """One 3x3 convolution over 16 channels, every weight large and positive."""
+    weights = np.random.default_rng(0).uniform(0.5, 1.0, (4, CHANNELS, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "weights"], ["maps"], pads=[1, 1, 1, 1]),
+            helper.make_node("Flatten", ["maps"], ["scores"]),
+        ],
+        "saturating",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, 6, 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4 * 6 * 6])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def bright_images(count: int) -> np.ndarray:
+    """Calibration ranges from 0 to 1, then mostly bright inputs: uint8 activations near 255."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0.8, 1.0, (count, CHANNELS, 6, 6)).astype(np.float32)
+    images[0] = 0.0
+    return images
+
+
+def test_int8_kernels_compute_what_the_int8_graph_means() -> None:
+    images = bright_images(16)
+    int8_model = quantize_int8(large_weight_convolution(), images)
+    reference = reference_probabilities(int8_model, images)
+    assert np.abs(reference).max() > 10  # real sums, not zeros
+    np.testing.assert_allclose(_probabilities(int8_model, images), reference, rtol=0.02)
+
+
+def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import training.quantize as quantize_module
+
+    float_model, images = large_weight_convolution(), bright_images(16)
+    int8_model = quantize_int8(float_model, images)
+    labels = _probabilities(float_model, images).argmax(axis=1)
+    # Only the kernel check can refuse here: the accuracy checks are switched off.
+    monkeypatch.setattr(quantize_module, "MAX_ACCURACY_LOSS", 1.0)
+    monkeypatch.setattr(quantize_module, "MIN_AGREEMENT", 0.0)
+    assert check_quantized(float_model, int8_model, images, labels)["kernel_agreement"] == 1.0
+    monkeypatch.setattr(quantize_module, "MIN_KERNEL_AGREEMENT", 1.01)
+    with pytest.raises(ExportError, match="int8 kernels disagree with the int8 graph"):
+        check_quantized(float_model, int8_model, images, labels)
