@@ -349,9 +349,11 @@ def choose_prediction(config: Config, classifier, validation, seen) -> dict[str,
 
     Validation faces that are pixel copies of a training face (`seen`; 7-8 % of FER2013's held-out
     faces) are left out of both choices: the network recalls them with near-certainty, so they
-    pull the temperature below what faces it has never seen need (the shipped model was
-    over-confident on PublicTest, ECE 0.036 against 0.022 on all of validation). Users never send
-    those copies; they are also what `compare` leaves out.
+    pull the temperature below what faces it has never seen need. Users never send those copies;
+    they are also what `compare` leaves out. On the model shipped before this rule (over-confident
+    on PublicTest), refitting on its validation outputs: temperature 1.028 instead of 1.016,
+    calibration error on the unseen validation faces 0.027 instead of 0.029. A small step, in the
+    right direction.
     """
     from training.calibrate import fit_temperature
     from training.data import copies_of
