@@ -1,18 +1,20 @@
-"""The shipped prediction is chosen on validation faces the network has never seen."""
+"""The temperature is fitted on validation faces the network has never seen."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from service.contract import LABELS
+from training.calibrate import fit_temperature
 from training.config import ModelConfig, load_config
 from training.data import Split
 from training.model import build_classifier
-from training.train import choose_prediction
+from training.train import choose_prediction, validation_logits
 
 
-def test_copies_of_training_faces_take_no_part_in_the_choice() -> None:
+def test_copies_of_training_faces_take_no_part_in_the_temperature() -> None:
     keras.utils.set_random_seed(0)
     classifier = build_classifier(ModelConfig(filters=(8, 16), convs_per_stage=1, dense_units=8))
     faces = np.random.default_rng(0).integers(0, 256, (40, 48, 48), dtype=np.uint8)
@@ -21,14 +23,16 @@ def test_copies_of_training_faces_take_no_part_in_the_choice() -> None:
     # own answers, as memory would have them: left in, they would sharpen the temperature.
     answers = classifier.predict(faces[:10, ..., None].astype(np.float32), verbose=0)
     labels[:10] = answers.argmax(axis=1)
-    seen, nothing_seen = Split(faces[:10], labels[:10]), Split(faces[:0], labels[:0])
-    validation, config = Split(faces, labels), load_config()
+    validation, seen, config = Split(faces, labels), Split(faces[:10], labels[:10]), load_config()
 
     chosen = choose_prediction(config, classifier, validation, seen)
-    unseen_only = choose_prediction(config, classifier, Split(faces[10:], labels[10:]), seen)
-    everything = choose_prediction(config, classifier, validation, nothing_seen)
+    nothing_seen = choose_prediction(config, classifier, validation, Split(faces[:0], labels[:0]))
 
-    assert chosen["validation_faces"] == 30
-    assert chosen == unseen_only
-    assert everything["validation_faces"] == 40
-    assert everything["temperature"] != chosen["temperature"]
+    unseen_logits = validation_logits(classifier, faces[10:], flip_tta=chosen["flip_tta"])
+    assert chosen["temperature"] == pytest.approx(fit_temperature(unseen_logits, labels[10:]))
+    assert chosen["temperature_faces"] == 30
+    assert nothing_seen["temperature_faces"] == 40
+    assert nothing_seen["temperature"] != chosen["temperature"]
+    # Flip averaging is chosen, and its accuracies reported, on all of validation either way.
+    for key in ("flip_tta", "validation_accuracy_plain", "validation_accuracy_flip"):
+        assert chosen[key] == nothing_seen[key]
