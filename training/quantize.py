@@ -94,7 +94,7 @@ def quantize_int8(float_model: bytes, images: np.ndarray) -> bytes:
     return quantized.SerializeToString()
 
 
-def _probabilities(model: bytes, images: np.ndarray, optimized: bool = True) -> np.ndarray:
+def onnx_probabilities(model: bytes, images: np.ndarray, optimized: bool = True) -> np.ndarray:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -111,7 +111,7 @@ def reference_probabilities(model: bytes, images: np.ndarray) -> np.ndarray:
     """What the int8 graph means, whatever the CPU: with graph optimisations off, onnxruntime does
     not fuse QuantizeLinear / DequantizeLinear into int8 kernels but evaluates them one by one, in
     float, so no integer sum can overflow."""
-    return _probabilities(model, images, optimized=False)
+    return onnx_probabilities(model, images, optimized=False)
 
 
 def check_quantized(
@@ -119,8 +119,8 @@ def check_quantized(
 ) -> dict[str, float]:
     """Compare int8 with float on validation faces; refuse the int8 graph if it costs accuracy,
     or if this CPU's int8 kernels compute something else than the graph means."""
-    float_probabilities = _probabilities(float_model, images)
-    int8_probabilities = _probabilities(int8_model, images)
+    float_probabilities = onnx_probabilities(float_model, images)
+    int8_probabilities = onnx_probabilities(int8_model, images)
     reference = reference_probabilities(int8_model, images)
     float_choice, int8_choice = float_probabilities.argmax(1), int8_probabilities.argmax(1)
     report = {

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from training.errors import ExportError
 from training.quantize import (
-    _probabilities,
     check_quantized,
+    onnx_probabilities,
     quantize_int8,
     reference_probabilities,
 )
@@ -53,7 +53,7 @@ def test_int8_kernels_compute_what_the_int8_graph_means() -> None:
     int8_model = quantize_int8(large_weight_convolution(), images)
     reference = reference_probabilities(int8_model, images)
     assert np.abs(reference).max() > 10  # real sums, not zeros
-    np.testing.assert_allclose(_probabilities(int8_model, images), reference, rtol=0.02)
+    np.testing.assert_allclose(onnx_probabilities(int8_model, images), reference, rtol=0.02)
 
 
 def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
@@ -63,7 +63,7 @@ def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
 
     float_model, images = large_weight_convolution(), bright_images(16)
     int8_model = quantize_int8(float_model, images)
-    labels = _probabilities(float_model, images).argmax(axis=1)
+    labels = onnx_probabilities(float_model, images).argmax(axis=1)
     # Only the kernel check can refuse here: the accuracy checks are switched off.
     monkeypatch.setattr(quantize_module, "MAX_ACCURACY_LOSS", 1.0)
     monkeypatch.setattr(quantize_module, "MIN_AGREEMENT", 0.0)
