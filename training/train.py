@@ -24,7 +24,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -39,6 +39,9 @@ from training.averaging import (
 )
 from training.config import Config, config_from_dict, load_config
 from training.errors import RunError
+
+if TYPE_CHECKING:
+    from training.data import Split
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +347,9 @@ def validation_logits(
     return np.concatenate(logits).astype(np.float64)
 
 
-def choose_prediction(config: Config, classifier, validation, seen) -> dict[str, Any]:
+def choose_prediction(
+    config: Config, classifier: keras.Model, validation: Split, seen: Split
+) -> dict[str, Any]:
     """Decide flip averaging and fit the softmax temperature, on validation only.
 
     The temperature is fitted on the validation faces that are not pixel copies of a training
