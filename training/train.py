@@ -3,8 +3,8 @@ prediction on validation (calibration, test-time flip), export and evaluate.
 
 A run directory holds everything a run leaves behind:
 
-    run.json                    config, seed, data fingerprint, code revision of each session,
-                                training time, best epoch, temperature, flip
+    run.json                    config, seed, data fingerprint, code revision and machine of
+                                each session, training time, best epoch, temperature, flip
     training_log.csv            one row per epoch (Keras CSVLogger)
     checkpoint/                 the last epoch's full state, for --resume
     best_classifier.weights.h5  the classifier at its best validation accuracy
@@ -57,12 +57,20 @@ DEFAULT_SEED = 1337
 # --- set-up -------------------------------------------------------------------------------------
 
 
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+"""The CPU features that set how fast a run trains (bfloat16) and its int8 model serves (VNNI)."""
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def choose_precision(requested: str) -> str:
@@ -394,14 +402,17 @@ def choose_prediction(
 
 
 def machine_description() -> str:
-    """CPU model and core count (platform.processor() is empty on most Linux machines)."""
+    """CPU model, core count and speed-setting features (platform.processor() is empty on most
+    Linux machines). The features matter: one CPU model name covers machines with and without
+    AVX-512, which train twice as fast or slow."""
     model = platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{model}, {os.cpu_count()} cores"
+    features = " ".join(flag for flag in SPEED_FLAGS if flag in cpu_flags())
+    return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
 
 
 def recorded(out: Path, key: str, default: Any) -> Any:
@@ -488,8 +499,9 @@ def train(
             "precision": precision,
             "backend": keras.backend.backend(),
             "machine": machine_description(),
-            # One entry per session, so a run resumed on other code says so.
+            # One entry per session, so a run resumed on other code or hardware says so.
             "code_versions": [*recorded(out, "code_versions", []), code_version()],
+            "machines": [*recorded(out, "machines", []), machine_description()],
         },
     )
 

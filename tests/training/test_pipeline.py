@@ -22,7 +22,7 @@ from training import quantize as quantize_module
 from training.config import DEFAULT_CONFIG
 from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.train import FitClock, recorded, session_seed, train
+from training.train import FitClock, machine_description, recorded, session_seed, train
 
 EVIDENCE = (
     "metrics.json",
@@ -97,8 +97,10 @@ def test_resume_continues_from_the_last_epoch(
     train(tiny_zip, out, smoke_config, epochs=3, resume=True)
     epochs = [line.split(",")[0] for line in (out / "training_log.csv").read_text().splitlines()]
     assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
-    versions = json.loads((out / "run.json").read_text())["code_versions"]
-    assert len(versions) == 2 and all(versions), versions  # one per session
+    record = json.loads((out / "run.json").read_text())
+    for per_session in (record["code_versions"], record["machines"]):
+        assert len(per_session) == 2 and all(per_session), per_session  # one per session
+    assert record["machines"][-1] == machine_description()
     # The second session draws new shuffles and augmentations, not the first session's again.
     assert session_seed(out, 1337) == 1337 + 3
     assert session_seed(tmp_path / "new", 1337) == 1337
