@@ -17,7 +17,10 @@ which adds each pair of products into a saturating 16-bit integer: 255 * 127 * 2
 shipped before this change scored 0.714 on validation on an AVX-512 VNNI machine and 0.695 on a
 2-core AVX2 EPYC, agreeing with itself on 91.5 % of faces. With 7-bit weights a pair of products
 fits (255 * 64 * 2 < 32768) on every CPU, at the same speed; uint8 weights would fit too, but
-ran 32 % slower there.
+ran 32 % slower there. Activation ranges are the 99.999th percentile of what the calibration faces
+produce, not their maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost
+bit. Re-quantising the old model's network: same answer as float on 98.64 % of validation faces
+(98.40 % with maximum ranges; 98.75 % for the overflowing 8-bit weights on a VNNI CPU).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def quantize_int8(float_model: bytes, images: np.ndarray) -> bytes:
             reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.Percentile,
         )
         quantized = onnx.load(str(int8_path))
     quantized.ClearField("metadata_props")
