@@ -14,13 +14,15 @@ Weights are quantised to 7 bits (`reduce_range`). On x86 CPUs without VNNI (AVX2
 AVX-512 without VNNI), onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW,
 which adds each pair of products into a saturating 16-bit integer: 255 * 127 * 2 overflows it, so
 8-bit weights give wrong sums wherever activations and weights are both large. The 8-bit model
-shipped before this change scored 0.714 on validation on an AVX-512 VNNI machine and 0.695 on a
-2-core AVX2 EPYC, agreeing with itself on 91.5 % of faces. With 7-bit weights a pair of products
-fits (255 * 64 * 2 < 32768) on every CPU, at the same speed; uint8 weights would fit too, but
-ran 32 % slower there. Activation ranges are the 99.999th percentile of what the calibration faces
-produce, not their maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost
-bit. Re-quantising the old model's network: same answer as float on 98.64 % of validation faces
-(98.40 % with maximum ranges; 98.75 % for the overflowing 8-bit weights on a VNNI CPU).
+shipped before this change scores 0.714 on validation on an AVX-512 VNNI machine and 0.695 on a
+2-core AVX2 EPYC, where its kernels pick the graph's answer on only 91.5 % of faces. With 7-bit
+weights a pair of products fits (255 * 64 * 2 < 32768) on every CPU, at the same speed; uint8
+weights would fit too, but ran 32 % slower there.
+
+Activation ranges are the 99.999th percentile of what the calibration faces produce, not their
+maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost bit. The old
+model's network re-quantised from its own weights picks the float graph's answer on 98.64 % of
+validation faces so (98.40 % with maximum ranges; 98.75 % with 8-bit weights on a VNNI CPU).
 """
 
 from __future__ import annotations
