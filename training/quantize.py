@@ -27,6 +27,8 @@ validation faces so (98.40 % with maximum ranges; 98.75 % with 8-bit weights on 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -80,18 +82,20 @@ def quantize_int8(float_model: bytes, images: np.ndarray) -> bytes:
         # the batch dimension is the only dynamic one and onnx's own inference covers the rest.
         quant_pre_process(str(float_path), str(prepared_path), skip_symbolic_shape=True)
         input_name = onnx.load(str(prepared_path)).graph.input[0].name
-        quantize_static(
-            str(prepared_path),
-            str(int8_path),
-            _Faces(input_name, images[:CALIBRATION_IMAGES]),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            reduce_range=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-        )
+        # The percentile calibrator prints its bin counts; the export logs what matters itself.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared_path),
+                str(int8_path),
+                _Faces(input_name, images[:CALIBRATION_IMAGES]),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=QUANTIZED_OPS,
+                per_channel=True,
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+            )
         quantized = onnx.load(str(int8_path))
     quantized.ClearField("metadata_props")
     for key, value in metadata.items():
