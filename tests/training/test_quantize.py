@@ -1,4 +1,4 @@
-"""The int8 graph answers the same on every x86 CPU.
+"""The int8 graph computes the same sums on every x86 CPU, with or without VNNI.
 
 Without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in saturating 16-bit
 integers; 8-bit weights then overflow them where activations and weights are both large. This
