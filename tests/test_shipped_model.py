@@ -64,9 +64,13 @@ onnxruntime's int8 sums on CPUs without VNNI (see training/quantize.py), which m
 portrait's `happy` from 0.896 (VNNI, and the graph evaluated op by op) to 0.905 (AVX2)."""
 
 
-def without_probabilities(answer: dict) -> tuple[dict, list[dict[str, float]]]:
-    faces = [dict(face) for face in answer["faces"]]
-    scores = [face.pop("probabilities") | {"": face.pop("confidence")} for face in faces]
+def split_scores(answer: dict) -> tuple[dict, list[dict[str, float]]]:
+    """The answer without its faces' probabilities and confidence, and those numbers apart."""
+    faces, scores = [], []
+    for face in answer["faces"]:
+        face = dict(face)
+        scores.append(face.pop("probabilities") | {"confidence": face.pop("confidence")})
+        faces.append(face)
     return answer | {"faces": faces}, scores
 
 
@@ -76,8 +80,8 @@ def test_the_readme_quotes_the_shipped_models_real_answer(portrait_answer: dict)
     readme = (REPO_ROOT / "README.md").read_text()
     quoted = re.search(r"## Try it.*?```json\n(.*?)```", readme, re.DOTALL)
     assert quoted, "README.md has no JSON answer under '## Try it'"
-    quoted_answer, quoted_scores = without_probabilities(json.loads(quoted.group(1)))
-    answer, scores = without_probabilities(portrait_answer)
+    quoted_answer, quoted_scores = split_scores(json.loads(quoted.group(1)))
+    answer, scores = split_scores(portrait_answer)
     assert quoted_answer == answer
     for quoted_face, face in zip(quoted_scores, scores, strict=True):
         assert quoted_face == pytest.approx(face, abs=KERNEL_TOLERANCE)

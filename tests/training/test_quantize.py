@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import training.quantize as quantize_module
 from training.errors import ExportError
 from training.quantize import (
     check_quantized,
@@ -59,8 +60,6 @@ def test_int8_kernels_compute_what_the_int8_graph_means() -> None:
 def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import training.quantize as quantize_module
-
     float_model, images = large_weight_convolution(), bright_images(16)
     int8_model = quantize_int8(float_model, images)
     labels = onnx_probabilities(float_model, images).argmax(axis=1)
