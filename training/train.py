@@ -61,12 +61,17 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 """The CPU features that set how fast a run trains (bfloat16) and its int8 model serves (VNNI)."""
 
 
-def cpu_flags() -> set[str]:
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's `field` in /proc/cpuinfo (None where there is no such file or field)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or "").split())
 
 
 def cpu_has_bf16() -> bool:
@@ -405,12 +410,7 @@ def machine_description() -> str:
     """CPU model, core count and speed-setting features (platform.processor() is empty on most
     Linux machines). The features matter: one CPU model name covers machines with and without
     AVX-512, which train twice as fast or slow."""
-    model = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpuinfo("model name") or platform.machine()
     features = " ".join(flag for flag in SPEED_FLAGS if flag in cpu_flags())
     return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
 
