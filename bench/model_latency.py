@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from service.cpus import machine_description  # noqa: E402  (after the path is set)
 
 
 def session_on_one_thread(model: Path) -> ort.InferenceSession:
@@ -54,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     session = session_on_one_thread(args.model)
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine_description(),
         "onnxruntime": ort.__version__,
         "model_mb": round(args.model.stat().st_size / 1e6, 2),
         "batch_1": per_face_ms(session, 1, args.runs),

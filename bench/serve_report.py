@@ -20,6 +20,10 @@ import numpy
 import onnxruntime
 import PIL
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from service.cpus import machine_description  # noqa: E402  (after the path is set)
+
 VIDEO_SIZES = ("427x240", "854x480", "1280x720", "1920x1080")
 
 TARGETS = {
@@ -34,7 +38,7 @@ TARGETS = {
 def versions() -> dict[str, Any]:
     """The machine and the software the figures belong to."""
     return {
-        "cpu": _cpu_model(),
+        "cpu": machine_description(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
@@ -45,16 +49,6 @@ def versions() -> dict[str, Any]:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _verdict(value: float, limit: float) -> str:
@@ -128,7 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
     busy = memory["measurement_server"]
     parts = [
         "## Serving benchmark",
-        f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs ({machine['usable_cpus']} "
+        f"{machine['cpu']} ({machine['usable_cpus']} of {machine['logical_cpus']} logical CPUs "
         f"usable); Python {machine['python']}, onnxruntime {machine['onnxruntime']}, OpenCV "
         f"{machine['opencv']}, NumPy {machine['numpy']}, Pillow {machine['pillow']}; "
         f"{machine['date']}. Load average {machine['load_average_before']} before, "

@@ -6,16 +6,54 @@ node still sees 64). onnxruntime and OpenCV size their pools from the core count
 a limited container would run 64 spinning threads on 2 CPUs' worth of time. Here the count is
 the CPU affinity, capped by the cgroup CPU quota (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), and
 each of `WORKERS` processes takes an equal share of it.
+
+What the CPUs are matters as much as how many: the instruction-set features below decide how fast
+a run trains (native bfloat16) and how fast, and how exactly, the int8 model answers (VNNI; see
+the model card's "Answers depend on the CPU"), so every figure this project records names them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+
+SPEED_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+"""The CPU features that set how fast a run trains (bfloat16) and its int8 model serves (VNNI)."""
+
+
+def cpuinfo(field: str, cpuinfo_file: Path = CPUINFO) -> str | None:
+    """The first CPU's `field` in /proc/cpuinfo (None where there is no such file or field)."""
+    try:
+        lines = cpuinfo_file.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_features(cpuinfo_file: Path = CPUINFO) -> set[str]:
+    return set((cpuinfo("flags", cpuinfo_file) or "").split())
+
+
+def machine_description(cpuinfo_file: Path = CPUINFO) -> str:
+    """CPU model, core count and speed-setting features, e.g. "AMD EPYC, 2 cores, avx2".
+
+    The features matter: one CPU model name covers machines with and without AVX-512, which
+    train and serve two to three times faster or slower (platform.processor() is empty on most
+    Linux machines anyway).
+    """
+    model = cpuinfo("model name", cpuinfo_file) or platform.machine()
+    present = cpu_features(cpuinfo_file)
+    features = " ".join(feature for feature in SPEED_FEATURES if feature in present)
+    return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
 
 
 def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:

@@ -6,7 +6,7 @@ augmentation were folded into it.
 
 Writes into the output folder:
     metrics.json             accuracy, macro-F1, per-class precision/recall/F1, confusion
-                             matrix, expected calibration error
+                             matrix, expected calibration error, the machine it ran on
     confusion_matrix.png     row-normalised, labelled
     reliability_diagram.png  confidence against accuracy, with the gap per bin
     training_curves.png      accuracy and loss, train against validation (when a log is given),
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from service.contract import LABELS
+from service.cpus import machine_description
 from training.data import Split
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,9 @@ def evaluate_model(
     probabilities = model.predict(test.x).astype(np.float64)
     metrics = {
         "split": "test (FER2013 PublicTest)",
+        # An int8 graph's answers can depend on the CPU's integer kernels (VNNI or not), so the
+        # figures say where they were measured.
+        "machine": machine_description(),
         **classification_metrics(probabilities, test.y),
     }
     plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png")

@@ -231,10 +231,7 @@ def export_run(
             CREATED_KEY: datetime.now(UTC).isoformat(timespec="seconds"),
             CODE_VERSION_KEY: code_version(),
             TRAINING_KEY: json.dumps(
-                {
-                    key: record.get(key)
-                    for key in ("seed", "limit", "precision", "backend", "machine")
-                }
+                {key: record.get(key) for key in ("seed", "limit", "sessions", "fit_seconds")}
                 | {"prediction": prediction},
                 sort_keys=True,
             ),
@@ -295,6 +292,7 @@ def stamp_metrics(model_path: Path, metrics: dict[str, Any]) -> None:
         key: metrics[key]
         for key in (
             "split",
+            "machine",
             "images",
             "accuracy",
             "macro_f1",

@@ -3,8 +3,9 @@ prediction on validation (calibration, test-time flip), export and evaluate.
 
 A run directory holds everything a run leaves behind:
 
-    run.json                    config, seed, data fingerprint, code revision and machine of
-                                each session, training time, best epoch, temperature, flip
+    run.json                    config, seed, data fingerprint; each session's epochs done
+                                before it, code revision, machine and precision; training
+                                time, best epoch, temperature, flip
     training_log.csv            one row per epoch (Keras CSVLogger)
     checkpoint/                 the last epoch's full state, for --resume
     best_classifier.weights.h5  the classifier at its best validation accuracy
@@ -15,12 +16,10 @@ A run directory holds everything a run leaves behind:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import keras
 import numpy as np
 
 from service.contract import LABELS
+from service.cpus import cpu_features, machine_description
 from training.averaging import (
     ConstantAfter,
     WeightAverage,
@@ -57,25 +57,8 @@ DEFAULT_SEED = 1337
 # --- set-up -------------------------------------------------------------------------------------
 
 
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
-"""The CPU features that set how fast a run trains (bfloat16) and its int8 model serves (VNNI)."""
-
-
-def cpuinfo(field: str) -> str | None:
-    """The first CPU's `field` in /proc/cpuinfo (None where there is no such file or field)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def cpu_flags() -> set[str]:
-    return set((cpuinfo("flags") or "").split())
-
-
 def cpu_has_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_features())
 
 
 def choose_precision(requested: str) -> str:
@@ -406,15 +389,6 @@ def choose_prediction(
 # --- the run ------------------------------------------------------------------------------------
 
 
-def machine_description() -> str:
-    """CPU model, core count and speed-setting features (platform.processor() is empty on most
-    Linux machines). The features matter: one CPU model name covers machines with and without
-    AVX-512, which train twice as fast or slow."""
-    model = cpuinfo("model name") or platform.machine()
-    features = " ".join(flag for flag in SPEED_FLAGS if flag in cpu_flags())
-    return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
-
-
 def recorded(out: Path, key: str, default: Any) -> Any:
     """What an earlier session of this run wrote under `key` in its run.json, else `default`."""
     path = out / RUN_FILE
@@ -496,12 +470,18 @@ def train(
             "seed": seed,
             "limit": limit,
             "data": {"source": str(data), "sha256": dataset.sha256},
-            "precision": precision,
-            "backend": keras.backend.backend(),
-            "machine": machine_description(),
-            # One entry per session, so a run resumed on other code or hardware says so.
-            "code_versions": [*recorded(out, "code_versions", []), code_version()],
-            "machines": [*recorded(out, "machines", []), machine_description()],
+            # One entry per session: a run that spans sessions may go on with other code, on
+            # other hardware, in another precision (float32 on AVX2, bfloat16 on AVX-512).
+            "sessions": [
+                *recorded(out, "sessions", []),
+                {
+                    "epochs_before": len(logged_epochs(out)),
+                    "code_version": code_version(),
+                    "machine": machine_description(),
+                    "precision": precision,
+                    "backend": keras.backend.backend(),
+                },
+            ],
         },
     )
 

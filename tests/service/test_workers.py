@@ -3,6 +3,8 @@ them up; and how that share is counted."""
 
 from __future__ import annotations
 
+import os
+import platform
 import re
 import time
 from pathlib import Path
@@ -12,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cpus import ThreadBudget, available_cpus, cgroup_cpu_quota
+from service.cpus import ThreadBudget, available_cpus, cgroup_cpu_quota, machine_description
 from tests.service.server import service_process
 
 
@@ -114,3 +116,32 @@ def test_a_cpu_quota_caps_the_cpus_counted(tmp_path):
     (tmp_path / "cpu.max").write_text("50000 100000\n")
     assert available_cpus(tmp_path) == 1  # half a CPU rounds up to one
     assert available_cpus(tmp_path / "nothing-here") >= 1
+
+
+AVX512_EPYC = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_vnni avx512_bf16
+"""
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "described"),
+    [
+        (AVX512_EPYC, "AMD EPYC 9R14, {cores} cores, avx2 avx512f avx512_vnni avx512_bf16"),
+        (
+            AVX512_EPYC.replace(" avx512f avx512bw avx512_vnni avx512_bf16", ""),
+            "AMD EPYC 9R14, {cores} cores, avx2",
+        ),
+    ],
+    ids=["avx512", "avx2"],
+)
+def test_the_machine_is_named_with_the_features_that_set_its_speed(tmp_path, cpuinfo, described):
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert machine_description(tmp_path / "cpuinfo") == described.format(cores=os.cpu_count())
+
+
+def test_a_machine_without_cpuinfo_is_still_named(tmp_path):
+    assert (
+        machine_description(tmp_path / "missing") == f"{platform.machine()}, {os.cpu_count()} cores"
+    )

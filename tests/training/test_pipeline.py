@@ -17,12 +17,14 @@ import onnxruntime as ort
 import pytest
 
 from service.contract import LABELS, ModelContract
+from service.cpus import machine_description
 from training import export as export_module
 from training import quantize as quantize_module
+from training import train as train_module
 from training.config import DEFAULT_CONFIG
 from training.data import Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.train import FitClock, machine_description, recorded, session_seed, train
+from training.train import FitClock, logged_epochs, recorded, session_seed, train
 
 EVIDENCE = (
     "metrics.json",
@@ -77,7 +79,10 @@ def test_run_file_records_what_was_chosen_on_validation(finished_run: Path) -> N
     record = json.loads((finished_run / "run.json").read_text())
     assert record["prediction"]["temperature"] > 0
     assert isinstance(record["prediction"]["flip_tta"], bool)
-    assert record["precision"] in ("float32", "mixed_bfloat16")
+    assert [session["precision"] for session in record["sessions"]] in (
+        ["float32"],
+        ["mixed_bfloat16"],
+    )
     assert record["fit_seconds"] > 0
 
 
@@ -97,13 +102,36 @@ def test_resume_continues_from_the_last_epoch(
     train(tiny_zip, out, smoke_config, epochs=3, resume=True)
     epochs = [line.split(",")[0] for line in (out / "training_log.csv").read_text().splitlines()]
     assert epochs == ["epoch", "0", "1", "2"]  # epoch 0 was not trained again
-    record = json.loads((out / "run.json").read_text())
-    for per_session in (record["code_versions"], record["machines"]):
-        assert len(per_session) == 2 and all(per_session), per_session  # one per session
-    assert record["machines"][-1] == machine_description()
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert [session["epochs_before"] for session in sessions] == [0, 1]
+    assert all(session["code_version"] for session in sessions)
+    assert sessions[-1]["machine"] == machine_description()
     # The second session draws new shuffles and augmentations, not the first session's again.
     assert session_seed(out, 1337) == 1337 + 3
     assert session_seed(tmp_path / "new", 1337) == 1337
+
+
+def test_a_run_resumes_in_the_precision_of_its_new_machine(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This project's machines change between sessions: a run started in float32 on an AVX2
+    CPU goes on in bfloat16 on one with AVX-512 BF16 (the checkpoint holds float32 weights and
+    optimiser state under either policy), and the run says which epochs ran in which."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: False)
+    train(tiny_zip, out, smoke_config, epochs=1)
+    monkeypatch.setattr(train_module, "cpu_has_bf16", lambda: True)
+    try:
+        model = train(tiny_zip, out, epochs=2, resume=True)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")  # the policy is global to the process
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert [(s["epochs_before"], s["precision"]) for s in sessions] == [
+        (0, "float32"),
+        (1, "mixed_bfloat16"),
+    ]
+    assert len(logged_epochs(out)) == 2
+    assert session_for(model).get_outputs()[0].shape[-1] == len(LABELS)
 
 
 class SlowEpochs(keras.callbacks.Callback):
