@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from service import metrics
 from service.access import AccessLog
 from service.blazeface import BlazeFaceDetector
-from service.cpus import ThreadBudget
+from service.cpus import ThreadBudget, machine_description
 from service.deadline import RequestDeadline
 from service.deps import ServiceState
 from service.faces import FaceDetector
@@ -204,7 +204,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     contract = model.contract
     log.info(
         "process %d serving model %s from %s (crop margin %g, pixel scale %g) with %d "
-        "onnxruntime and %d OpenCV threads, %d requests at a time and %d waiting",
+        "onnxruntime and %d OpenCV threads, %d requests at a time and %d waiting, on %s",
         os.getpid(),
         model.model_id[:12],
         model.path,
@@ -214,6 +214,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
         budget.opencv,
         settings.worker_threads,
         settings.max_queued_requests,
+        machine_description(),  # its features set the int8 model's speed (see the model card)
     )
 
 

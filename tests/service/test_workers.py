@@ -38,7 +38,7 @@ def test_two_workers_share_the_cpus_and_add_up_their_metrics(model_path, portrai
         share = ThreadBudget.for_process(workers=2)
         started = re.findall(
             rf"process (\d+) serving model \w+ from .* with {share.onnxruntime} onnxruntime "
-            rf"and {share.opencv} OpenCV threads",
+            rf"and {share.opencv} OpenCV threads, .* on {re.escape(machine_description())}",
             output,
         )
         assert len(set(started)) == 2, output
