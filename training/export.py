@@ -160,12 +160,12 @@ def write_atomically(model_proto, path: Path) -> None:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The record a training run keeps in its `run.json`."""
-    from training.train import RUN_FILE
+    from training.train import RUN_FILE, read_run_file
 
-    run_file = Path(run_dir) / RUN_FILE
-    if not run_file.exists():
+    record = read_run_file(run_dir)
+    if not record:
         raise ExportError(f"{run_dir} is not a run directory: it has no {RUN_FILE}")
-    return json.loads(run_file.read_text())
+    return record
 
 
 def run_dataset(run_dir: Path, data: Path | None = None) -> Dataset:

@@ -99,10 +99,9 @@ def resumed_settings(
     Another config would silently mix two recipes in one model, and another seed or limit would
     carve another validation split, leaking validation faces into training: both are refused.
     """
-    record_file = out / RUN_FILE
-    if not record_file.exists():
+    record = read_run_file(out)
+    if not record:
         raise RunError(f"--resume: {out} has a checkpoint but no {RUN_FILE} saying how it started")
-    record = json.loads(record_file.read_text())
     recorded = {
         "--config": config_from_dict(record["config"]),
         "--seed": record["seed"],
@@ -389,15 +388,21 @@ def choose_prediction(
 # --- the run ------------------------------------------------------------------------------------
 
 
+def read_run_file(out: Path) -> dict[str, Any]:
+    """The run's record so far: empty before its first session writes it."""
+    path = Path(out) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def recorded(out: Path, key: str, default: Any) -> Any:
     """What an earlier session of this run wrote under `key` in its run.json, else `default`."""
-    path = out / RUN_FILE
-    return json.loads(path.read_text()).get(key, default) if path.exists() else default
+    return read_run_file(out).get(key, default)
 
 
 def write_run_file(out: Path, record: dict[str, Any]) -> None:
+    """Merge `record` into run.json, atomically: a session killed mid-write leaves the old one."""
     path = out / RUN_FILE
-    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing = read_run_file(out)
     existing.update(record)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(existing, indent=2, sort_keys=True))
