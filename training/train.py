@@ -82,6 +82,17 @@ def choose_precision(requested: str) -> str:
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
+def accelerator() -> str | None:
+    """The device a JAX session trains on when it is not the CPU ("gpu: NVIDIA H200"): there the
+    machine's CPU says little about the run. TensorFlow here always trains on the CPU."""
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    device = jax.devices()[0]
+    return None if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
+
+
 def prepare_run_dir(out: Path, resume: bool) -> None:
     has_checkpoint = (out / CHECKPOINT_DIR).exists()
     if resume and not has_checkpoint:
@@ -483,6 +494,7 @@ def train(
                     "epochs_before": len(logged_epochs(out)),
                     "code_version": code_version(),
                     "machine": machine_description(),
+                    "accelerator": accelerator(),
                     "precision": precision,
                     "backend": keras.backend.backend(),
                 },

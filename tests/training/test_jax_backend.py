@@ -56,7 +56,7 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert f"python -m training export --run {out}" in finished.stdout
     record = json.loads((out / "run.json").read_text())
-    assert record["backend"] == "jax"
+    assert [session["backend"] for session in record["sessions"]] == ["jax"]
     assert "temperature" in record["prediction"]
     assert (out / AVERAGED_WEIGHTS).exists()
     assert not (out / "emotion.onnx").exists()
