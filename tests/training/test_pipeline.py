@@ -69,6 +69,7 @@ def test_a_run_leaves_a_servable_model_and_its_evidence(finished_run: Path, tiny
     metrics = json.loads((finished_run / "metrics.json").read_text())
     carried = json.loads(metadata["emotion_metrics"])
     assert carried["test"]["accuracy"] == metrics["accuracy"]
+    assert carried["test"]["machine"] == metrics["machine"] == machine_description()
     assert metrics["images"] == len(test)
     assert set(metrics["per_class"]) == set(LABELS)
     assert np.asarray(metrics["confusion_matrix"]).sum() == len(test)
