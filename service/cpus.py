@@ -27,20 +27,28 @@ SPEED_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 """The CPU features that set how fast a run trains (bfloat16) and its int8 model serves (VNNI)."""
 
 
-def cpuinfo(field: str, cpuinfo_file: Path = CPUINFO) -> str | None:
-    """The first CPU's `field` in /proc/cpuinfo (None where there is no such file or field)."""
+def first_cpu(cpuinfo_file: Path = CPUINFO) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo, read once (empty where it cannot be read).
+
+    Every CPU of a machine lists the same model and features, and the file has a block per CPU
+    (hundreds of kilobytes on a large host), so reading stops after the first.
+    """
     try:
         lines = cpuinfo_file.read_text().splitlines()
     except OSError:
-        return None
+        return {}
+    fields: dict[str, str] = {}
     for line in lines:
-        if line.startswith(field):
-            return line.split(":", 1)[1].strip()
-    return None
+        if not line.strip() and fields:
+            break
+        key, _, value = line.partition(":")
+        if value:
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 def cpu_features(cpuinfo_file: Path = CPUINFO) -> set[str]:
-    return set((cpuinfo("flags", cpuinfo_file) or "").split())
+    return set(first_cpu(cpuinfo_file).get("flags", "").split())
 
 
 def machine_description(cpuinfo_file: Path = CPUINFO) -> str:
@@ -50,9 +58,10 @@ def machine_description(cpuinfo_file: Path = CPUINFO) -> str:
     train and serve two to three times faster or slower (platform.processor() is empty on most
     Linux machines anyway).
     """
-    model = cpuinfo("model name", cpuinfo_file) or platform.machine()
-    present = cpu_features(cpuinfo_file)
+    cpu = first_cpu(cpuinfo_file)
+    present = set(cpu.get("flags", "").split())
     features = " ".join(feature for feature in SPEED_FEATURES if feature in present)
+    model = cpu.get("model name") or platform.machine()
     return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
 
 
