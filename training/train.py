@@ -434,7 +434,8 @@ def train(
     choices made on validation are then in `out`, ready for `python -m training export`.
 
     A new run takes `config_path` (default: the shipped recipe) and `seed` (default 1337); a
-    resumed one goes on with the config, seed and limit it recorded when it started.
+    resumed one goes on with the config, seed and limit it recorded when it started, on the very
+    data file it started on.
     """
     out = Path(out)
     if resume:
@@ -451,8 +452,13 @@ def train(
         prepare_run_dir(out, resume)
 
     from training.data import load_dataset
+    from training.export import code_version, run_validation_split
 
-    dataset = load_dataset(Path(data), config.train.validation_fraction, seed, limit)
+    if resume:
+        # Another file, even the same faces unpacked, would carve another validation split.
+        dataset = run_validation_split(read_run_file(out)).load(Path(data))
+    else:
+        dataset = load_dataset(Path(data), config.train.validation_fraction, seed, limit)
     log.info(
         "data %s (sha256 %s…): train %d, validation %d, test %d",
         data,
@@ -463,7 +469,6 @@ def train(
     )
     log.info("train per class: %s", dataset.train.class_counts())
 
-    from training.export import code_version
     from training.model import build_training_model
 
     keras.utils.set_random_seed(session_seed(out, seed))

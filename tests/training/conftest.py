@@ -90,3 +90,15 @@ def tiny_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_config(repo_root: Path) -> Path:
     return repo_root / "training" / "configs" / "smoke.toml"
+
+
+@pytest.fixture(scope="session")
+def finished_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_zip: Path, smoke_config: Path
+) -> Path:
+    """A whole tiny run (two epochs, exported and evaluated): copy it before changing it."""
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_zip, out, smoke_config)
+    return out

@@ -1,5 +1,6 @@
 """The GPU workflow on CPU: train with Keras on JAX where TensorFlow cannot be imported, then
-export and evaluate that run here, with TensorFlow, into a model the service loads.
+export and evaluate that run here, with TensorFlow, into a model the service loads; or finish
+there a run that a CPU started here, which is how a long CPU run ends when a GPU is lent.
 
 The GPU machine has JAX and no TensorFlow (and need not have onnxruntime); blocking those imports
 in the training process makes this one the same, so any of them on the training path fails this
@@ -10,16 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from service.contract import TRAINING_KEY
 from service.model import EmotionModel
 from training.data import read_splits
 from training.export import export_run, run_dataset
-from training.train import AVERAGED_WEIGHTS
+from training.train import AVERAGED_WEIGHTS, logged_epochs
 
 # An import hook that finds none of these packages, as on the GPU machine (an entry of None in
 # sys.modules would not do: Keras takes any "tensorflow" key there as TensorFlow being loaded).
@@ -38,15 +42,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_run_trained_on_jax_without_tensorflow_exports_here(
-    tmp_path: Path, tiny_zip: Path, smoke_config: Path, repo_root: Path
-) -> None:
-    config = tmp_path / "swa.toml"
-    config.write_text(smoke_config.read_text() + 'swa_epochs = 1\n\n[export]\nquantize = "none"\n')
-    out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_zip), "--out", str(out), "--config", str(config)]
+def train_on_jax(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     finished = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW, *args],
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, "train", *args],
         cwd=repo_root,
         env={**os.environ, "KERAS_BACKEND": "jax"},
         capture_output=True,
@@ -54,6 +52,18 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
         timeout=300,
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
+    return finished
+
+
+def test_a_run_trained_on_jax_without_tensorflow_exports_here(
+    tmp_path: Path, tiny_zip: Path, smoke_config: Path, repo_root: Path
+) -> None:
+    config = tmp_path / "swa.toml"
+    config.write_text(smoke_config.read_text() + 'swa_epochs = 1\n\n[export]\nquantize = "none"\n')
+    out = tmp_path / "run"
+    finished = train_on_jax(
+        repo_root, "--data", str(tiny_zip), "--out", str(out), "--config", str(config)
+    )
     assert f"python -m training export --run {out}" in finished.stdout
     record = json.loads((out / "run.json").read_text())
     assert [session["backend"] for session in record["sessions"]] == ["jax"]
@@ -67,3 +77,25 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
     assert model.training.config["train"]["swa_epochs"] == 1
     probabilities = model.predict(read_splits(tiny_zip)[0]["test"].x[:4])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_run_started_on_tensorflow_goes_on_on_jax(
+    finished_run: Path, tmp_path: Path, tiny_zip: Path, repo_root: Path
+) -> None:
+    """A checkpoint (weights and optimiser state) is a Keras file that either backend reads, so
+    a long CPU run can finish on a GPU machine: two epochs here, the third on JAX."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+
+    train_on_jax(repo_root, "--data", str(tiny_zip), "--out", str(out), "--resume", "--epochs", "3")
+    record = json.loads((out / "run.json").read_text())
+    assert [(s["epochs_before"], s["backend"]) for s in record["sessions"]] == [
+        (0, "tensorflow"),
+        (2, "jax"),
+    ]
+    assert len(logged_epochs(out)) == 3
+    dataset = run_dataset(out)
+    exported = export_run(out, out, parity=dataset.test, validation=dataset.validation)
+    metadata = onnx.load(str(exported)).metadata_props
+    training = json.loads(next(entry.value for entry in metadata if entry.key == TRAINING_KEY))
+    assert [s["backend"] for s in training["sessions"]] == ["tensorflow", "jax"]

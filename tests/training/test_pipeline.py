@@ -22,7 +22,7 @@ from training import export as export_module
 from training import quantize as quantize_module
 from training import train as train_module
 from training.config import DEFAULT_CONFIG
-from training.data import Dataset, load_dataset, read_splits
+from training.data import DataError, Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
 from training.train import FitClock, logged_epochs, recorded, session_seed, train
 
@@ -32,15 +32,6 @@ EVIDENCE = (
     "reliability_diagram.png",
     "training_curves.png",
 )
-
-
-@pytest.fixture(scope="module")
-def finished_run(
-    tmp_path_factory: pytest.TempPathFactory, tiny_zip: Path, smoke_config: Path
-) -> Path:
-    out = tmp_path_factory.mktemp("run")
-    train(tiny_zip, out, smoke_config)
-    return out
 
 
 def session_for(path: Path) -> ort.InferenceSession:
@@ -180,6 +171,20 @@ def test_resume_keeps_the_recipe_and_split_the_run_started_with(
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["model"]["filters"] == [8, 16]
     assert record["seed"] == 1337
+
+
+def test_resume_refuses_another_data_file(
+    finished_run: Path, tmp_path: Path, tiny_zip: Path, tiny_folder: Path
+) -> None:
+    """The same faces unpacked are another file: their validation split could differ, and a
+    resumed run would train on faces it had held out."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    with pytest.raises(DataError, match="not the data set file the run was trained on"):
+        train(tiny_folder, out, epochs=3, resume=True)
+    assert len(logged_epochs(out)) == 2
+    record = json.loads((out / "run.json").read_text())
+    assert record["data"]["source"] == str(tiny_zip)
 
 
 def test_a_new_run_never_overwrites_an_old_one(finished_run: Path, tiny_zip: Path) -> None:
