@@ -34,8 +34,9 @@ from service.contract import (
     ModelContract,
 )
 from training.config import config_from_dict
-from training.data import Dataset, Split, ValidationSplit
+from training.data import Dataset, Split
 from training.errors import ExportError
+from training.run_dir import RUN_FILE, read_run_file, run_validation_split, shipped_weights
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def write_atomically(model_proto, path: Path) -> None:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The record a training run keeps in its `run.json`."""
-    from training.train import RUN_FILE, read_run_file
-
     record = read_run_file(run_dir)
     if not record:
         raise ExportError(f"{run_dir} is not a run directory: it has no {RUN_FILE}")
@@ -177,15 +176,6 @@ def run_dataset(run_dir: Path, data: Path | None = None) -> Dataset:
     record = read_run(run_dir)
     data = Path(data) if data is not None else Path(record["data"]["source"])
     return run_validation_split(record).load(data)
-
-
-def run_validation_split(record: dict[str, Any]) -> ValidationSplit:
-    return ValidationSplit(
-        dataset_sha256=record["data"]["sha256"],
-        seed=record["seed"],
-        fraction=config_from_dict(record["config"]).train.validation_fraction,
-        limit=record.get("limit"),
-    )
 
 
 def validation_accuracy(prediction: dict[str, Any]) -> float:
@@ -206,7 +196,7 @@ def export_run(
     `parity` faces check the float graph against Keras; `validation` calibrates and checks the
     int8 graph when the config asks for one (never test/: quantisation is a choice).
     """
-    from training.train import load_float32_classifier, shipped_weights
+    from training.train import load_float32_classifier
 
     record = read_run(run_dir)
     config = config_from_dict(record["config"])

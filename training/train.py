@@ -1,26 +1,12 @@
 """The story of a training run: config, data, model, fit with checkpoints, then choose the shipped
-prediction on validation (calibration, test-time flip), export and evaluate.
-
-A run directory holds everything a run leaves behind:
-
-    run.json                    config, seed, data fingerprint; each session's epochs done
-                                before it, code revision, machine and precision; training
-                                time, best epoch, temperature, flip
-    training_log.csv            one row per epoch (Keras CSVLogger)
-    checkpoint/                 the last epoch's full state, for --resume
-    best_classifier.weights.h5  the classifier at its best validation accuracy
-    weight_average.npz          with train.swa_epochs: the running mean of the classifier's weights
-    averaged_classifier.weights.h5  that mean with its batch norm recomputed: the one shipped
-    emotion.onnx, metrics.json, *.png   the artifact and its evidence
+prediction on validation (calibration, test-time flip), export and evaluate. What the run leaves
+behind, and how it resumes, is in `training.run_dir`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,27 +16,30 @@ import numpy as np
 
 from service.contract import LABELS
 from service.cpus import cpu_features, machine_description
-from training.averaging import (
-    ConstantAfter,
-    WeightAverage,
-    batches,
-    load_average,
-    recompute_batch_norm,
+from training.averaging import ConstantAfter, batches, load_average, recompute_batch_norm
+from training.callbacks import make_callbacks
+from training.config import Config, load_config
+from training.run_dir import (
+    AVERAGED_WEIGHTS,
+    LOG_FILE,
+    WEIGHT_AVERAGE,
+    best_logged_accuracy,
+    logged_epochs,
+    prepare_run_dir,
+    read_run_file,
+    recorded,
+    resumed_settings,
+    run_validation_split,
+    session_seed,
+    shipped_weights,
+    write_run_file,
 )
-from training.config import Config, config_from_dict, load_config
-from training.errors import RunError
 
 if TYPE_CHECKING:
     from training.data import Split
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-LOG_FILE = "training_log.csv"
-CHECKPOINT_DIR = "checkpoint"
-BEST_WEIGHTS = "best_classifier.weights.h5"
-WEIGHT_AVERAGE = "weight_average.npz"
-AVERAGED_WEIGHTS = "averaged_classifier.weights.h5"
 DEFAULT_SEED = 1337
 
 
@@ -91,53 +80,6 @@ def accelerator() -> str | None:
 
     device = jax.devices()[0]
     return None if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
-
-
-def prepare_run_dir(out: Path, resume: bool) -> None:
-    has_checkpoint = (out / CHECKPOINT_DIR).exists()
-    if resume and not has_checkpoint:
-        raise RunError(f"--resume: {out} holds no checkpoint to resume from")
-    if not resume and (has_checkpoint or (out / RUN_FILE).exists()):
-        raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def resumed_settings(
-    out: Path, config_path: Path | None, seed: int | None, limit: int | None
-) -> tuple[Config, int, int | None]:
-    """The config, seed and limit a run started with, which its resumption must keep.
-
-    Another config would silently mix two recipes in one model, and another seed or limit would
-    carve another validation split, leaking validation faces into training: both are refused.
-    """
-    record = read_run_file(out)
-    if not record:
-        raise RunError(f"--resume: {out} has a checkpoint but no {RUN_FILE} saying how it started")
-    recorded = {
-        "--config": config_from_dict(record["config"]),
-        "--seed": record["seed"],
-        "--limit": record["limit"],
-    }
-    asked = {
-        "--config": same_length(load_config(config_path), recorded["--config"])
-        if config_path is not None
-        else None,
-        "--seed": seed,
-        "--limit": limit,
-    }
-    changed = [flag for flag, value in asked.items() if value not in (None, recorded[flag])]
-    if changed:
-        raise RunError(
-            f"--resume: {out} was started with another {', '.join(changed)}; a resumed run keeps "
-            "its own, so leave them out (or start a new run with another --out)"
-        )
-    return recorded["--config"], recorded["--seed"], recorded["--limit"]
-
-
-def same_length(config: Config, run: Config) -> Config:
-    """`config` with `run`'s epochs, which `--epochs` may change on any run, resumed or not."""
-    schedule = {"epochs": run.train.epochs, "warmup_epochs": run.train.warmup_epochs}
-    return replace(config, train=replace(config.train, **schedule))
 
 
 def class_weights(y: np.ndarray, power: float) -> np.ndarray:
@@ -182,131 +124,7 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
     return keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
 
 
-def make_callbacks(config: Config, out: Path, best_so_far: float) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = []
-    if config.train.swa_epochs:
-        # Before the backup, so that a run dying between the two repeats an epoch already in the
-        # average (which skips it) rather than one missing from it.
-        callbacks.append(WeightAverage("classifier", config.train.epochs, out / WEIGHT_AVERAGE))
-    callbacks += [
-        keras.callbacks.BackupAndRestore(str(out / CHECKPOINT_DIR), delete_checkpoint=False),
-        keras.callbacks.CSVLogger(str(out / LOG_FILE), append=True),
-        SaveBestClassifier(out / BEST_WEIGHTS, best_so_far),
-        FitClock(out),
-        EpochReport(config.train.total_epochs),
-    ]
-    if config.train.schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, verbose=1)
-        )
-    if config.train.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", patience=config.train.early_stopping_patience
-            )
-        )
-    return callbacks
-
-
-class SaveBestClassifier(keras.callbacks.Callback):
-    """Keep the classifier's weights from the epoch with the best validation accuracy.
-
-    Unlike ModelCheckpoint it starts from the best accuracy already logged, so a resumed run
-    does not overwrite a better earlier epoch with its first one.
-    """
-
-    def __init__(self, path: Path, best: float) -> None:
-        super().__init__()
-        self.path, self.best = path, best
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        accuracy = (logs or {}).get("val_accuracy", -1.0)
-        if accuracy > self.best:
-            self.best = accuracy
-            self.model.get_layer("classifier").save_weights(str(self.path))
-
-
-class FitClock(keras.callbacks.Callback):
-    """Add each finished epoch's time to the run's `fit_seconds`, as the epoch ends.
-
-    Written once at the end, the sum lost every session that was killed before it finished (a
-    run spanning sessions recorded 2 of its 4.6 hours); an epoch cut short is trained again on
-    resume and counted then.
-    """
-
-    def __init__(self, out: Path) -> None:
-        super().__init__()
-        self.out = out
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self.started = time.monotonic()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        total = recorded(self.out, "fit_seconds", 0.0) + time.monotonic() - self.started
-        write_run_file(self.out, {"fit_seconds": round(total, 1)})
-
-
-class EpochReport(keras.callbacks.Callback):
-    """One line per epoch with the numbers that matter and the time left for the whole run."""
-
-    def __init__(self, epochs: int) -> None:
-        super().__init__()
-        self.epochs = epochs
-
-    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
-        self.started, self.first_epoch = time.monotonic(), None
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        logs = logs or {}
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-        done = epoch - self.first_epoch + 1
-        per_epoch = (time.monotonic() - self.started) / done
-        remaining = per_epoch * (self.epochs - epoch - 1)
-        log.info(
-            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.0f s/epoch  ETA %s",
-            epoch + 1,
-            self.epochs,
-            logs.get("loss", float("nan")),
-            logs.get("accuracy", float("nan")),
-            logs.get("val_loss", float("nan")),
-            logs.get("val_accuracy", float("nan")),
-            per_epoch,
-            time.strftime("%H:%M:%S", time.gmtime(remaining)),
-        )
-
-
-def logged_epochs(out: Path) -> list[dict[str, str]]:
-    """The rows of the run's epoch log, one per finished epoch over all its sessions."""
-    path = out / LOG_FILE
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        return [row for row in csv.DictReader(handle) if row]
-
-
-def session_seed(out: Path, seed: int) -> int:
-    """The run's seed, moved on by the epochs it has finished.
-
-    The checkpoint holds weights and optimiser state but not the random generators' state, so
-    a resumed session seeded like the first would replay the first session's shuffling and
-    augmentation, batch for batch: a network that saw those exact images recently fits them from
-    memory (train accuracy jumped 0.85 -> 0.89 in one epoch when that happened). The data split
-    does not use this seed; it is carved from the run's own.
-    """
-    return seed + len(logged_epochs(out))
-
-
-def best_logged_accuracy(out: Path) -> float:
-    return max((float(row["val_accuracy"]) for row in logged_epochs(out)), default=-1.0)
-
-
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
-
-
-def shipped_weights(run_dir: Path, config: Config) -> Path:
-    """The classifier a run ships: its weight average when it has one, else its best epoch."""
-    return Path(run_dir) / (AVERAGED_WEIGHTS if config.train.swa_epochs else BEST_WEIGHTS)
 
 
 def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
@@ -399,27 +217,6 @@ def choose_prediction(
 # --- the run ------------------------------------------------------------------------------------
 
 
-def read_run_file(out: Path) -> dict[str, Any]:
-    """The run's record so far: empty before its first session writes it."""
-    path = Path(out) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def recorded(out: Path, key: str, default: Any) -> Any:
-    """What an earlier session of this run wrote under `key` in its run.json, else `default`."""
-    return read_run_file(out).get(key, default)
-
-
-def write_run_file(out: Path, record: dict[str, Any]) -> None:
-    """Merge `record` into run.json, atomically: a session killed mid-write leaves the old one."""
-    path = out / RUN_FILE
-    existing = read_run_file(out)
-    existing.update(record)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def train(
     data: Path,
     out: Path,
@@ -452,7 +249,7 @@ def train(
         prepare_run_dir(out, resume)
 
     from training.data import load_dataset
-    from training.export import code_version, run_validation_split
+    from training.export import code_version
 
     if resume:
         # Another file, even the same faces unpacked, would carve another validation split.

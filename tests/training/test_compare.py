@@ -18,7 +18,8 @@ from training.__main__ import main
 from training.compare import Score, compare, mcnemar
 from training.data import DataError, Split, copies_of
 from training.errors import CompareError
-from training.export import read_run, run_dataset, run_validation_split
+from training.export import read_run, run_dataset
+from training.run_dir import run_validation_split
 from training.train import train
 
 

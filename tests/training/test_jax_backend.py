@@ -23,7 +23,7 @@ from service.contract import TRAINING_KEY
 from service.model import EmotionModel
 from training.data import read_splits
 from training.export import export_run, run_dataset
-from training.train import AVERAGED_WEIGHTS, logged_epochs
+from training.run_dir import AVERAGED_WEIGHTS, logged_epochs
 
 # An import hook that finds none of these packages, as on the GPU machine (an entry of None in
 # sys.modules would not do: Keras takes any "tensorflow" key there as TensorFlow being loaded).

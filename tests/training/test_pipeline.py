@@ -21,10 +21,12 @@ from service.cpus import machine_description
 from training import export as export_module
 from training import quantize as quantize_module
 from training import train as train_module
+from training.callbacks import FitClock
 from training.config import DEFAULT_CONFIG
 from training.data import DataError, Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.train import FitClock, logged_epochs, recorded, session_seed, train
+from training.run_dir import logged_epochs, recorded, session_seed
+from training.train import train
 
 EVIDENCE = (
     "metrics.json",
@@ -260,7 +262,8 @@ def test_quantize_none_exports_float32(finished_run: Path, tiny_zip: Path, tmp_p
 def test_parity_check_catches_a_different_graph(finished_run: Path, tiny_zip: Path) -> None:
     """The check compares against Keras for real: a reference at another temperature fails."""
     from training.config import config_from_dict
-    from training.train import BEST_WEIGHTS, load_float32_classifier
+    from training.run_dir import BEST_WEIGHTS
+    from training.train import load_float32_classifier
 
     record = json.loads((finished_run / "run.json").read_text())
     classifier = load_float32_classifier(
