@@ -331,13 +331,18 @@ def train(
     )
 
     from training.evaluate import evaluate_model
-    from training.export import can_export, export_run, stamp_metrics
+    from training.export import MODEL_FILE, can_export, export_run, stamp_metrics
 
     if not can_export():
         log.warning(
             "trained on %s; not exported: TensorFlow and tf2onnx are not installed here",
             keras.backend.backend(),
         )
+        if (out / MODEL_FILE).exists():
+            log.warning(
+                "%s is an earlier session's export, without this session's epochs: export again",
+                out / MODEL_FILE,
+            )
         return None
     model_path = export_run(out, out, parity=dataset.test, validation=dataset.validation)
     metrics = evaluate_model(model_path, dataset.test, out, history=out / LOG_FILE)

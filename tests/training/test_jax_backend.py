@@ -87,7 +87,10 @@ def test_a_run_started_on_tensorflow_goes_on_on_jax(
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
 
-    train_on_jax(repo_root, "--data", str(tiny_zip), "--out", str(out), "--resume", "--epochs", "3")
+    finished = train_on_jax(
+        repo_root, "--data", str(tiny_zip), "--out", str(out), "--resume", "--epochs", "3"
+    )
+    assert "is an earlier session's export, without this session's epochs" in finished.stderr
     record = json.loads((out / "run.json").read_text())
     assert [(s["epochs_before"], s["backend"]) for s in record["sessions"]] == [
         (0, "tensorflow"),
