@@ -48,7 +48,11 @@ def first_cpu(cpuinfo_file: Path = CPUINFO) -> dict[str, str]:
 
 
 def cpu_features(cpuinfo_file: Path = CPUINFO) -> set[str]:
-    return set(first_cpu(cpuinfo_file).get("flags", "").split())
+    return features_of(first_cpu(cpuinfo_file))
+
+
+def features_of(cpu: dict[str, str]) -> set[str]:
+    return set(cpu.get("flags", "").split())
 
 
 def machine_description(cpuinfo_file: Path = CPUINFO) -> str:
@@ -59,7 +63,7 @@ def machine_description(cpuinfo_file: Path = CPUINFO) -> str:
     Linux machines anyway).
     """
     cpu = first_cpu(cpuinfo_file)
-    present = set(cpu.get("flags", "").split())
+    present = features_of(cpu)
     features = " ".join(feature for feature in SPEED_FEATURES if feature in present)
     model = cpu.get("model name") or platform.machine()
     return f"{model}, {os.cpu_count()} cores" + (f", {features}" if features else "")
