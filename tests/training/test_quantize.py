@@ -9,6 +9,7 @@ for 8-bit weights; on a VNNI machine nothing saturates whatever the weights.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -55,6 +56,48 @@ def test_int8_kernels_compute_what_the_int8_graph_means() -> None:
     reference = reference_probabilities(int8_model, images)
     assert np.abs(reference).max() > 10  # real sums, not zeros
     np.testing.assert_allclose(onnx_probabilities(int8_model, images), reference, rtol=0.02)
+
+
+def pixels_then_features_convolutions() -> bytes:
+    """A convolution over a one-channel image, then one over its 4 feature maps (named nodes, as
+    tf2onnx names every node: quantisation leaves nodes out by name)."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Conv", ["image", "pixel_weights"], ["maps"], "pixels", pads=[1, 1, 1, 1]
+            ),
+            helper.make_node("Relu", ["maps"], ["active"], "relu"),
+            helper.make_node("Conv", ["active", "feature_weights"], ["features"], "features"),
+            helper.make_node("Flatten", ["features"], ["scores"]),
+        ],
+        "two_layers",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 6, 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4 * 4 * 4])],
+        [
+            numpy_helper.from_array(
+                rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "pixel_weights"
+            ),
+            numpy_helper.from_array(
+                rng.normal(size=(4, 4, 3, 3)).astype(np.float32), "feature_weights"
+            ),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_the_convolution_that_reads_the_image_stays_float() -> None:
+    images = np.random.default_rng(3).uniform(0, 255, (16, 1, 6, 6)).astype(np.float32)
+    int8_graph = onnx.load_from_string(quantize_int8(pixels_then_features_convolutions(), images))
+    dequantized = {
+        node.output[0] for node in int8_graph.graph.node if node.op_type == "DequantizeLinear"
+    }
+    floats = {
+        init.name for init in int8_graph.graph.initializer if init.data_type == TensorProto.FLOAT
+    }
+    pixel_conv, feature_conv = (node for node in int8_graph.graph.node if node.op_type == "Conv")
+    assert pixel_conv.input[1] in floats and pixel_conv.input[0] == "image"
+    assert feature_conv.input[0] in dequantized and feature_conv.input[1] in dequantized
 
 
 def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
