@@ -22,12 +22,13 @@ weights would fit too, but ran 32 % slower there.
 
 The convolutions that read the image itself stay in float. Such a filter sees one channel
 through only 9 weights, so the lost bit costs it most, and its error reaches every later layer;
-it does about 0.5 % of the network's multiply-adds, so float costs no measurable time. Measured
-on a run's epoch-50 classifier (validation accuracy 0.6506 in float, 2,871 faces): all 7-bit,
-0.6451 and the same answer on 97.5 % of faces, which the accuracy check refuses; first
-convolution in float, 0.6479 and 98.6 %, closer to float than 8-bit weights throughout as a VNNI
-CPU computes them (0.6496, 98.2 %). Dense layers in float, all 2,871 faces for calibration, or
-maximum ranges each did no better than all 7-bit (97.5 %, 97.4 %, 97.3 %).
+it does about 0.5 % of the network's multiply-adds, so float costs no measurable time.
+`bench/quantization.py` on a run's best epoch so far (epoch 49 of 120, validation accuracy
+0.6506 in float, 2,871 faces; bench/results/quantization.md): all 7-bit, 0.6447 and the same
+answer as float on 97.6 % of faces, which the accuracy check refuses; first convolution in
+float, 0.6479 and 98.6 %, closer to float than 8-bit weights throughout as a VNNI CPU computes
+them (0.6496, 98.2 %; this AVX2 CPU's kernels make that 0.6339 and 92.0 %). Dense layers in
+float as well (98.6 %) or maximum ranges instead of the percentile (98.5 %) gained nothing.
 
 Activation ranges are the 99.999th percentile of what the calibration faces produce, not their
 maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost bit. The old
@@ -40,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,19 @@ MIN_AGREEMENT = 0.95
 MIN_KERNEL_AGREEMENT = 0.99
 """Smallest share of validation faces on which this CPU's int8 kernels must pick the same emotion
 as the int8 graph evaluated op by op (see `reference_probabilities`)."""
+
+
+@dataclass(frozen=True)
+class QuantizationRecipe:
+    """How the float graph becomes int8. The defaults are what export ships; the other values
+    exist so that `bench/quantization.py` can measure each choice against them."""
+
+    weight_bits: int = 7
+    """7 fits onnxruntime's 16-bit pair sums on every x86 CPU; 8 only on VNNI ones."""
+    float_first_convolution: bool = True
+    float_dense: bool = False
+    calibration: str = "percentile"
+    """Activation ranges: "percentile" (99.999th) or "minmax"."""
 
 
 class _Faces:
@@ -83,7 +98,13 @@ def single_channel_convolutions(model) -> list[str]:
     return names
 
 
-def quantize_int8(float_model: bytes, images: np.ndarray) -> bytes:
+def dense_layers(model) -> list[str]:
+    return [node.name for node in model.graph.node if node.op_type in ("MatMul", "Gemm")]
+
+
+def quantize_int8(
+    float_model: bytes, images: np.ndarray, recipe: QuantizationRecipe = QuantizationRecipe()
+) -> bytes:
     """`float_model` with int8 convolutions (but the first) and dense layers, ranges calibrated
     on `images`.
 
@@ -118,12 +139,22 @@ def quantize_int8(float_model: bytes, images: np.ndarray) -> bytes:
                 _Faces(input_name, images[:CALIBRATION_IMAGES]),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=QUANTIZED_OPS,
-                nodes_to_exclude=single_channel_convolutions(prepared),
+                nodes_to_exclude=[
+                    *(
+                        single_channel_convolutions(prepared)
+                        if recipe.float_first_convolution
+                        else []
+                    ),
+                    *(dense_layers(prepared) if recipe.float_dense else []),
+                ],
                 per_channel=True,
-                reduce_range=True,
+                reduce_range={7: True, 8: False}[recipe.weight_bits],
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.Percentile,
+                calibrate_method={
+                    "percentile": CalibrationMethod.Percentile,
+                    "minmax": CalibrationMethod.MinMax,
+                }[recipe.calibration],
             )
         quantized = onnx.load(str(int8_path))
     quantized.ClearField("metadata_props")

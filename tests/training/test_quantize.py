@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import training.quantize as quantize_module
 from training.errors import ExportError
 from training.quantize import (
+    QuantizationRecipe,
     check_quantized,
     onnx_probabilities,
     quantize_int8,
@@ -86,18 +87,24 @@ def pixels_then_features_convolutions() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def test_the_convolution_that_reads_the_image_stays_float() -> None:
+def quantized_convolutions(recipe: QuantizationRecipe) -> list[bool]:
+    """For each convolution of the two-layer graph quantised by `recipe`: are its input and its
+    weights int8 (read through DequantizeLinear) rather than float?"""
     images = np.random.default_rng(3).uniform(0, 255, (16, 1, 6, 6)).astype(np.float32)
-    int8_graph = onnx.load_from_string(quantize_int8(pixels_then_features_convolutions(), images))
-    dequantized = {
-        node.output[0] for node in int8_graph.graph.node if node.op_type == "DequantizeLinear"
-    }
-    floats = {
-        init.name for init in int8_graph.graph.initializer if init.data_type == TensorProto.FLOAT
-    }
-    pixel_conv, feature_conv = (node for node in int8_graph.graph.node if node.op_type == "Conv")
-    assert pixel_conv.input[1] in floats and pixel_conv.input[0] == "image"
-    assert feature_conv.input[0] in dequantized and feature_conv.input[1] in dequantized
+    graph = onnx.load_from_string(
+        quantize_int8(pixels_then_features_convolutions(), images, recipe)
+    ).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    return [
+        node.input[0] in dequantized and node.input[1] in dequantized
+        for node in graph.node
+        if node.op_type == "Conv"
+    ]
+
+
+def test_the_convolution_that_reads_the_image_stays_float() -> None:
+    assert quantized_convolutions(QuantizationRecipe()) == [False, True]
+    assert quantized_convolutions(QuantizationRecipe(float_first_convolution=False)) == [True, True]
 
 
 def test_export_refuses_int8_kernels_that_disagree_with_the_graph(
