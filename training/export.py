@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import tempfile
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -250,12 +251,13 @@ def quantized(float_proto, validation: Split):
     """The int8 version of `float_proto`, carrying its check against float in the metadata."""
     import onnx
 
-    from training.quantize import check_quantized, quantize_int8
+    from training.quantize import QuantizationRecipe, check_quantized, quantize_int8
     from training.train import as_images
 
     float_model = float_proto.SerializeToString()
     images = as_images(validation.x)
-    int8_model = quantize_int8(float_model, images)
+    recipe = QuantizationRecipe()
+    int8_model = quantize_int8(float_model, images, recipe)
     report = check_quantized(float_model, int8_model, images, validation.y)
     log.info(
         "int8: validation accuracy %.4f (float %.4f), same answer on %.1f%% of %d faces",
@@ -266,7 +268,10 @@ def quantized(float_proto, validation: Split):
     )
     int8_proto = onnx.load_from_string(int8_model)
     int8_proto.producer_name = float_proto.producer_name
-    set_metadata(int8_proto, {QUANTIZATION_KEY: json.dumps(report | {"type": "int8"})})
+    set_metadata(
+        int8_proto,
+        {QUANTIZATION_KEY: json.dumps(report | {"type": "int8", "recipe": asdict(recipe)})},
+    )
     return int8_proto
 
 

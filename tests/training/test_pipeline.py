@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -242,6 +243,8 @@ def test_the_shipped_graph_is_int8_and_says_what_that_cost(
     metadata = session_for(model).get_modelmeta().custom_metadata_map
     report = json.loads(metadata["emotion_quantization"])
     assert report["type"] == "int8"
+    assert report["recipe"] == asdict(quantize_module.QuantizationRecipe())
+    assert report["recipe"]["weight_bits"] == 7 and report["recipe"]["float_first_convolution"]
     assert report["agreement"] >= quantize_module.MIN_AGREEMENT
     assert report["kernel_agreement"] >= quantize_module.MIN_KERNEL_AGREEMENT
     assert report["faces"] == len(run_splits(finished_run, tiny_zip).validation)
