@@ -84,22 +84,24 @@ class _Faces:
 
 def single_channel_convolutions(model) -> list[str]:
     """Names of the convolutions whose filters each read one input channel: the image's."""
-    from onnx import numpy_helper
-
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     names = []
     for node in model.graph.node:
         # Nodes are left out by name; an unnamed one (tf2onnx names them all) is quantised.
-        if node.op_type != "Conv" or not node.name or node.input[1] not in weights:
+        if node.op_type != "Conv" or not node.name or node.input[1] not in shapes:
             continue
         group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
-        if weights[node.input[1]].shape[1] * group == 1:
+        if shapes[node.input[1]][1] * group == 1:
             names.append(node.name)
     return names
 
 
 def dense_layers(model) -> list[str]:
-    return [node.name for node in model.graph.node if node.op_type in ("MatMul", "Gemm")]
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in QUANTIZED_OPS and node.op_type != "Conv"
+    ]
 
 
 def quantize_int8(
