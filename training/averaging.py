@@ -110,8 +110,20 @@ def batches(x: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield x[start : start + batch_size]
 
 
-def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> None:
+def recompute_batch_norm(
+    model: keras.Model,
+    images: np.ndarray,
+    batch_size: int = 256,
+    augment: keras.Layer | None = None,
+) -> None:
     """Set every batch-norm layer's moving statistics to their mean over `images`.
+
+    `augment`, run in training mode on each batch, makes them the statistics of the images the
+    network trained on, as the SWA paper's `bn_update` does with its training loader. The layers
+    after each norm learnt to read activations normalised that way: statistics of clean faces
+    instead cost a run trained with random erasing 0.04 of validation accuracy (the mean of its
+    epochs 81-87: 0.632 with clean statistics, 0.680 with augmented ones, 0.671 with the mean of
+    the epochs' own moving statistics).
 
     Each layer is run in training mode with its momentum set to n / (n + 1) at batch n, which turns
     its moving average into the plain mean over all batches. Dropout is switched off meanwhile, so
@@ -126,6 +138,8 @@ def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int
         for index, batch in enumerate(batches(images, batch_size)):
             for norm in norms:
                 norm.momentum = index / (index + 1)
+            if augment is not None:
+                batch = augment(batch, training=True)
             model(batch, training=True)
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):

@@ -128,11 +128,16 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
 
 
 def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
-    """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces."""
+    """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces
+    augmented as in training (see `recompute_batch_norm`)."""
+    from training.model import build_augmenter
+
     classifier = float32_classifier(config)
     mean, epochs = load_average(out / WEIGHT_AVERAGE)
     classifier.set_weights(mean)
-    recompute_batch_norm(classifier, as_images(train_images))
+    recompute_batch_norm(
+        classifier, as_images(train_images), augment=build_augmenter(config.augment)
+    )
     classifier.save_weights(str(out / AVERAGED_WEIGHTS))
     log.info(
         "shipping the mean of epochs %d-%d (%d epochs)", epochs[0] + 1, epochs[-1] + 1, len(epochs)

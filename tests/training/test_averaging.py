@@ -152,3 +152,17 @@ def test_a_run_with_weight_averaging_ships_the_average(
             "validation_accuracy_flip" if prediction["flip_tta"] else "validation_accuracy_plain"
         ]
     )
+
+
+def test_batch_norm_statistics_are_those_of_the_augmented_images() -> None:
+    """Statistics of the images as training saw them, not of the clean ones."""
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization()(inputs)
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(2).normal(3.0, 0.5, size=(1000, 4)).astype(np.float32)
+    noise = keras.layers.GaussianNoise(1.0, seed=3)  # active only in training mode
+    recompute_batch_norm(model, images, batch_size=100, augment=noise)
+    norm = model.layers[-1]
+    batch_variances = images.reshape(10, 100, 4).var(axis=1).mean(axis=0)
+    assert np.all(norm.moving_variance.numpy() > batch_variances + 0.5)  # 0.25 + 1, not 0.25
+    np.testing.assert_allclose(norm.moving_mean.numpy(), images.mean(axis=0), atol=0.2)
