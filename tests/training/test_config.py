@@ -72,3 +72,13 @@ def test_convolutions_can_differ_per_stage(tmp_path: Path) -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in DEFAULT_CONFIG.parent.glob("*.toml") if p != DEFAULT_CONFIG),
+    ids=lambda p: p.name,
+)
+def test_candidate_configs_load_and_differ_from_the_default(path: Path) -> None:
+    """A candidate recipe waits hours for its run: a typo in it must fail here, not at its start."""
+    assert load_config(path) != load_config()
