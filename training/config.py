@@ -78,6 +78,12 @@ class TrainConfig:
     """Epochs after the cosine schedule at `swa_learning_rate`; the shipped classifier is then the
     mean of their end-of-epoch weights (stochastic weight averaging). 0: ship the best epoch."""
     swa_learning_rate: float = 0.01
+    teacher: str = ""
+    """An exported model (ONNX) to distil from, validated on this run's split; "" for none. A
+    relative path is taken from the directory the command runs in."""
+    distillation: float = 0.5
+    """With a teacher: the share of each training target that is the teacher's probabilities
+    (the rest is the label; `training.distill`)."""
 
     @property
     def total_epochs(self) -> int:
@@ -144,6 +150,7 @@ class Config:
                 "train.swa_epochs needs schedule 'cosine' and no early stopping, so that the "
                 "averaging starts where the schedule ends",
             ),
+            (0 < t.distillation <= 1, "train.distillation must be in (0, 1]"),
             (0.5 <= e.crop_margin <= 3.0, "export.crop_margin must be in [0.5, 3.0]"),
             (13 <= e.opset <= 21, "export.opset must be in [13, 21]"),
             (e.quantize in ("none", "int8"), "export.quantize must be 'none' or 'int8'"),

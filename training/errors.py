@@ -19,6 +19,10 @@ class RunError(Exception):
     """A run directory that cannot be started or resumed as asked."""
 
 
+class TeacherError(Exception):
+    """A distillation teacher that this run cannot learn from; the message says why."""
+
+
 class ExportError(Exception):
     """The export failed a check (parity, contract); the model was not written."""
 
@@ -32,4 +36,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ExportError,
     ModelError,
     RunError,
+    TeacherError,
 )

@@ -222,7 +222,10 @@ def export_run(
             CREATED_KEY: datetime.now(UTC).isoformat(timespec="seconds"),
             CODE_VERSION_KEY: code_version(),
             TRAINING_KEY: json.dumps(
-                {key: record.get(key) for key in ("seed", "limit", "sessions", "fit_seconds")}
+                {
+                    key: record.get(key)
+                    for key in ("seed", "limit", "sessions", "fit_seconds", "teacher")
+                }
                 | {"prediction": prediction},
                 sort_keys=True,
             ),

@@ -36,7 +36,7 @@ from training.run_dir import (
 )
 
 if TYPE_CHECKING:
-    from training.data import Split
+    from training.data import Dataset, Split, ValidationSplit
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,29 @@ def class_weights(y: np.ndarray, power: float) -> np.ndarray:
 
 def one_hot(y: np.ndarray) -> np.ndarray:
     return np.eye(len(LABELS), dtype=np.float32)[y]
+
+
+def training_targets(
+    config: Config, dataset: Dataset, split: ValidationSplit, out: Path
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """One-hot labels, or with `train.teacher` their mix with the teacher's probabilities, and
+    what to record of the teacher. `split` is the faces this run holds out, which the teacher
+    must not have trained on; a resumed run must find the very teacher it started with."""
+    if not config.train.teacher:
+        return one_hot(dataset.train.y), None
+    from training.distill import distilled_targets, load_teacher
+    from training.errors import RunError
+
+    teacher = load_teacher(Path(config.train.teacher), dataset.train, split)
+    started_with = recorded(out, "teacher", None)
+    if started_with and started_with["model_id"] != teacher.model_id:
+        raise RunError(
+            f"{out} started with the teacher {started_with['model_id'][:12]}… from "
+            f"{started_with['path']}; {teacher.path} now holds {teacher.model_id[:12]}…, so the "
+            "targets would change mid-run: point train.teacher at the original model's file"
+        )
+    targets = distilled_targets(dataset.train.y, teacher.probabilities, config.train.distillation)
+    return targets, teacher.record()
 
 
 def as_images(x: np.ndarray) -> np.ndarray:
@@ -250,10 +273,14 @@ def train(
         warmup = min(config.train.warmup_epochs, max(epochs - 1, 0))
         overridden = replace(config.train, epochs=epochs, warmup_epochs=warmup)
         config = replace(config, train=overridden).validate()
+    if config.train.teacher and not Path(config.train.teacher).is_file():
+        from training.errors import TeacherError
+
+        raise TeacherError(f"train.teacher: no model file at {config.train.teacher}")
     if not resume:
         prepare_run_dir(out, resume)
 
-    from training.data import load_dataset
+    from training.data import ValidationSplit, load_dataset
     from training.export import code_version
 
     if resume:
@@ -278,6 +305,8 @@ def train(
     keras.mixed_precision.set_dtype_policy(precision)
     log.info("Keras %s on %s, precision %s", keras.__version__, keras.backend.backend(), precision)
 
+    split = ValidationSplit(dataset.sha256, seed, config.train.validation_fraction, limit)
+    targets, teacher = training_targets(config, dataset, split, out)
     model = build_training_model(config.model, config.augment)
     steps_per_epoch = int(np.ceil(len(dataset.train) / config.train.batch_size))
     model.compile(
@@ -293,6 +322,7 @@ def train(
             "seed": seed,
             "limit": limit,
             "data": {"source": str(data), "sha256": dataset.sha256},
+            "teacher": teacher,
             # One entry per session: a run that spans sessions may go on with other code, on
             # other hardware, in another precision (float32 on AVX2, bfloat16 on AVX-512).
             "sessions": [
@@ -313,7 +343,7 @@ def train(
     log.info("class weights: %s", dict(zip(LABELS, np.round(weights, 3).tolist(), strict=True)))
     model.fit(
         as_images(dataset.train.x),
-        one_hot(dataset.train.y),
+        targets,
         sample_weight=weights[dataset.train.y].astype(np.float32),
         validation_data=(as_images(dataset.validation.x), one_hot(dataset.validation.y)),
         epochs=config.train.total_epochs,

@@ -52,6 +52,8 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[train\n", "not valid TOML"),
         ("[train]\nswa_epochs = -1\n", "train.swa_epochs must be >= 0"),
         ("[train]\nswa_learning_rate = 0\n", "train.swa_learning_rate must be > 0"),
+        ("[train]\ndistillation = 0\n", "train.distillation must be in"),
+        ("[train]\nteacher = 3\n", "train.teacher must be a string"),
         ("[train]\nswa_epochs = 5\nschedule = 'plateau'\n", "swa_epochs needs schedule 'cosine'"),
         ("[train]\nswa_epochs = 5\nearly_stopping_patience = 3\n", "and no early stopping"),
     ],
