@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import LABELS, ModelError
+from service.contract import ModelError
 from service.model import EmotionModel
 from training.data import Split, ValidationSplit
 from training.errors import CompareError, TeacherError
@@ -65,8 +65,6 @@ def load_teacher(path: Path, train: Split, split: ValidationSplit) -> Teacher:
             "run's validation faces, so it would leak their labels. Distil from a model trained "
             "on the same data file with the same seed, validation_fraction and --limit."
         )
-    if tuple(model.labels) != tuple(LABELS):
-        raise TeacherError(f"train.teacher {path} predicts {model.labels}, not {LABELS}")
     probabilities = model.predict(train.x)
     teacher = Teacher(
         path=path,
@@ -84,12 +82,11 @@ def load_teacher(path: Path, train: Split, split: ValidationSplit) -> Teacher:
     return teacher
 
 
-def distilled_targets(labels: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
+def distilled_targets(one_hot: np.ndarray, teacher: np.ndarray, weight: float) -> np.ndarray:
     """(1 - weight) * one-hot labels + weight * teacher probabilities, one row per face.
 
     Cross-entropy against this mix is the label loss plus `weight` times the distillation loss
     at temperature 1: the teacher is already calibrated, so no extra temperature is needed.
     """
-    one_hot = np.eye(teacher.shape[1], dtype=np.float32)[labels]
     mixed = (1.0 - weight) * one_hot + weight * teacher.astype(np.float32)
     return mixed / mixed.sum(axis=1, keepdims=True)

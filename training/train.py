@@ -19,6 +19,7 @@ from service.cpus import cpu_features, machine_description
 from training.averaging import ConstantAfter, batches, load_average, recompute_batch_norm
 from training.callbacks import make_callbacks
 from training.config import Config, load_config
+from training.errors import RunError, TeacherError
 from training.run_dir import (
     AVERAGED_WEIGHTS,
     LOG_FILE,
@@ -101,7 +102,6 @@ def training_targets(
     if not config.train.teacher:
         return one_hot(dataset.train.y), None
     from training.distill import distilled_targets, load_teacher
-    from training.errors import RunError
 
     teacher = load_teacher(Path(config.train.teacher), dataset.train, split)
     started_with = recorded(out, "teacher", None)
@@ -111,7 +111,8 @@ def training_targets(
             f"{started_with['path']}; {teacher.path} now holds {teacher.model_id[:12]}…, so the "
             "targets would change mid-run: point train.teacher at the original model's file"
         )
-    targets = distilled_targets(dataset.train.y, teacher.probabilities, config.train.distillation)
+    labels = one_hot(dataset.train.y)
+    targets = distilled_targets(labels, teacher.probabilities, config.train.distillation)
     return targets, teacher.record()
 
 
@@ -274,8 +275,6 @@ def train(
         overridden = replace(config.train, epochs=epochs, warmup_epochs=warmup)
         config = replace(config, train=overridden).validate()
     if config.train.teacher and not Path(config.train.teacher).is_file():
-        from training.errors import TeacherError
-
         raise TeacherError(f"train.teacher: no model file at {config.train.teacher}")
     if not resume:
         prepare_run_dir(out, resume)

@@ -27,11 +27,12 @@ def teacher_config(tmp_path: Path, smoke_config: Path, teacher: Path, weight: fl
 
 def test_targets_mix_labels_and_teacher_and_stay_distributions() -> None:
     teacher = np.array([[0.7, 0.2, 0.1, 0, 0, 0, 0], [0, 0, 0, 0.5, 0.5, 0, 0]], np.float32)
-    targets = distilled_targets(np.array([1, 3]), teacher, weight=0.5)
+    labels = np.eye(7, dtype=np.float32)[[1, 3]]
+    targets = distilled_targets(labels, teacher, weight=0.5)
     np.testing.assert_allclose(targets[0, :3], [0.35, 0.6, 0.05], atol=1e-6)
     np.testing.assert_allclose(targets[1, 3:5], [0.75, 0.25], atol=1e-6)
     np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(distilled_targets(np.array([1, 3]), teacher, 1.0), teacher)
+    np.testing.assert_allclose(distilled_targets(labels, teacher, 1.0), teacher)
 
 
 @pytest.fixture(scope="module")
