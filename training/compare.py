@@ -25,7 +25,7 @@ import numpy as np
 
 from service.contract import CONFIG_KEY, DATASET_KEY, TRAINING_KEY
 from service.model import EmotionModel
-from training.data import ValidationSplit, copies_of
+from training.data import Split, ValidationSplit, copies_of
 from training.errors import CompareError
 from training.evaluate import classification_metrics, load_model
 
@@ -157,16 +157,23 @@ def mcnemar(best: Score, other: Score) -> Difference:
     return Difference(only_best, only_this, gap, Z_95 * float(spread), float(p_value))
 
 
+def unseen_validation(split: ValidationSplit, data: Path) -> tuple[Split, int]:
+    """The split's validation faces that are not pixel copies of a training face, and how many
+    copies were left out: the faces every model is judged on here and in the benchmarks."""
+    dataset = split.load(data)
+    unseen = ~copies_of(dataset.train, dataset.validation.x)
+    faces = Split(dataset.validation.x[unseen], dataset.validation.y[unseen])
+    return faces, int((~unseen).sum())
+
+
 def compare(paths: list[Path], data: Path) -> Comparison:
     """The models scored on their common validation split's unseen faces, best first."""
     models = distinct([load_model(path) for path in paths])
     split = common_split(models)
-    dataset = split.load(data)
-    unseen = ~copies_of(dataset.train, dataset.validation.x)
-    faces, labels = dataset.validation.x[unseen], dataset.validation.y[unseen]
-    scores = [score(model, faces, labels) for model in models]
+    faces, copies_left_out = unseen_validation(split, data)
+    scores = [score(model, faces.x, faces.y) for model in models]
     ranked = sorted(scores, key=lambda s: (-s.accuracy, s.nll))
-    return Comparison(split, int((~unseen).sum()), ranked)
+    return Comparison(split, copies_left_out, ranked)
 
 
 def report(comparison: Comparison) -> str:
