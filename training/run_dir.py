@@ -9,6 +9,7 @@
     weight_average.npz          with train.swa_epochs: the running mean of the classifier's weights
     averaged_classifier.weights.h5  that mean with its batch norm recomputed: the one shipped
     emotion.onnx, metrics.json, *.png   the artifact and its evidence
+    run.lock                    held by the process training in the directory, naming it
 
 No Keras here: export, compare and the tests read a run without building anything.
 """
@@ -16,9 +17,14 @@ No Keras here: export, compare and the tests read a run without building anythin
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ CHECKPOINT_DIR = "checkpoint"
 BEST_WEIGHTS = "best_classifier.weights.h5"
 WEIGHT_AVERAGE = "weight_average.npz"
 AVERAGED_WEIGHTS = "averaged_classifier.weights.h5"
+LOCK_FILE = "run.lock"
 
 
 def prepare_run_dir(out: Path, resume: bool) -> None:
@@ -41,6 +48,35 @@ def prepare_run_dir(out: Path, resume: bool) -> None:
     if not resume and (has_checkpoint or (out / RUN_FILE).exists()):
         raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def claimed(out: Path) -> Iterator[None]:
+    """Hold `out` for this process while it trains, or refuse with the name of its holder.
+
+    A run outlives the terminal that started it (a background run, a later session on the same
+    machine), so a `--resume` can be started while it still goes on: two processes would then
+    write one checkpoint and one run.json, each with its own schedule. The lock is the operating
+    system's (flock): it ends with its process, so a killed run leaves nothing stale to clear.
+    """
+    with (out / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunError(
+                f"{out} is in use by a training run ({holder}): wait for it to end, or stop it, "
+                "before training in that directory again"
+            ) from None
+        handle.truncate(0)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
 
 
 def resumed_settings(

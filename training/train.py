@@ -25,6 +25,7 @@ from training.run_dir import (
     LOG_FILE,
     WEIGHT_AVERAGE,
     best_logged_accuracy,
+    claimed,
     logged_epochs,
     prepare_run_dir,
     read_run_file,
@@ -278,7 +279,14 @@ def train(
         raise TeacherError(f"train.teacher: no model file at {config.train.teacher}")
     if not resume:
         prepare_run_dir(out, resume)
+    with claimed(out):
+        return fit_and_ship(data, out, config, seed, limit, resume)
 
+
+def fit_and_ship(
+    data: Path, out: Path, config: Config, seed: int, limit: int | None, resume: bool
+) -> Path | None:
+    """The run itself, in a directory this process holds: see `train`."""
     from training.data import ValidationSplit, load_dataset
     from training.export import code_version
 

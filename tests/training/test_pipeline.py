@@ -4,6 +4,7 @@ a model onnxruntime serves, plus resume and the refusals that protect a run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +27,10 @@ from training.callbacks import FitClock
 from training.config import DEFAULT_CONFIG
 from training.data import DataError, Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
-from training.run_dir import logged_epochs, recorded, session_seed
+from training.run_dir import claimed, logged_epochs, recorded, session_seed
 from training.train import train
 
+REPO = Path(__file__).resolve().parents[2]
 EVIDENCE = (
     "metrics.json",
     "confusion_matrix.png",
@@ -193,6 +195,38 @@ def test_resume_refuses_another_data_file(
 def test_a_new_run_never_overwrites_an_old_one(finished_run: Path, tiny_zip: Path) -> None:
     with pytest.raises(RunError, match="already holds a run"):
         train(tiny_zip, finished_run)
+
+
+HOLD_THE_RUN = """
+import sys, time
+from pathlib import Path
+from training.run_dir import claimed
+with claimed(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_in_use_is_refused_and_freed_when_its_process_dies(
+    finished_run: Path, tmp_path: Path, tiny_zip: Path
+) -> None:
+    """A --resume started while the run still trains (in the background, or from a later session
+    on the same machine) would write one checkpoint from two processes."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_RUN, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunError, match=rf"in use by a training run \(pid {holder.pid} on "):
+            train(tiny_zip, out, epochs=3, resume=True)
+        assert len(logged_epochs(out)) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    with claimed(out):  # no stale lock to clear by hand
+        assert str(os.getpid()) in (out / "run.lock").read_text()
 
 
 def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_zip: Path) -> None:
