@@ -149,6 +149,20 @@ def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Opt
     return keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
 
 
+def compiled_trainer(config: Config, steps_per_epoch: int) -> keras.Model:
+    """The training model (augmentation in front of the classifier) compiled with the run's
+    optimiser and loss: what `train` fits, and what `bench/training_speed.py` times."""
+    from training.model import build_training_model
+
+    model = build_training_model(config.model, config.augment)
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
 
 
@@ -305,8 +319,6 @@ def fit_and_ship(
     )
     log.info("train per class: %s", dataset.train.class_counts())
 
-    from training.model import build_training_model
-
     keras.utils.set_random_seed(session_seed(out, seed))
     precision = choose_precision(config.train.precision)
     keras.mixed_precision.set_dtype_policy(precision)
@@ -314,13 +326,8 @@ def fit_and_ship(
 
     split = ValidationSplit(dataset.sha256, seed, config.train.validation_fraction, limit)
     targets, teacher = training_targets(config, dataset, split, out)
-    model = build_training_model(config.model, config.augment)
     steps_per_epoch = int(np.ceil(len(dataset.train) / config.train.batch_size))
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=["accuracy"],
-    )
+    model = compiled_trainer(config, steps_per_epoch)
     log.info("model: %d parameters", model.count_params())
     write_run_file(
         out,
