@@ -1,5 +1,5 @@
-"""`python -m training download | train | evaluate | export | compare`: from data to a servable
-model, and the choice of which model to ship."""
+"""`python -m training download | train | status | evaluate | export | compare`: from data to a
+servable model, and the choice of which model to ship."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument(
         "--seed", type=int, help="seeds the validation split and training (default 1337)"
     )
+
+    status = commands.add_parser(
+        "status", help="how far a run is, and whether a process trains in it now"
+    )
+    status.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
 
     evaluate = commands.add_parser("evaluate", help="score an exported model on test/")
     evaluate.add_argument("--model", type=Path, required=True, help="an exported emotion.onnx")
@@ -85,6 +90,10 @@ def run(args: argparse.Namespace) -> None:
             )
         else:
             print(f"model written to {path}")
+    elif args.command == "status":
+        from training.status import run_status
+
+        print(run_status(args.run))
     elif args.command == "evaluate":
         from training.data import load_test_split
         from training.evaluate import evaluate_model

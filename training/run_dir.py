@@ -79,6 +79,23 @@ def claimed(out: Path) -> Iterator[None]:
             handle.truncate(0)
 
 
+def holder(out: Path) -> str | None:
+    """Which process trains in `out` now ("pid 4242 on host, since ..."), or None if none does.
+
+    Asks the lock itself (a shared request, dropped at once), so a run killed without a word
+    reads as not training, whatever its lock file still says.
+    """
+    path = out / LOCK_FILE
+    if not path.exists():
+        return None
+    with path.open() as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+    return None
+
+
 def resumed_settings(
     out: Path, config_path: Path | None, seed: int | None, limit: int | None
 ) -> tuple[Config, int, int | None]:

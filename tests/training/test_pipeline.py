@@ -23,11 +23,13 @@ from service.cpus import machine_description
 from training import export as export_module
 from training import quantize as quantize_module
 from training import train as train_module
+from training.__main__ import main
 from training.callbacks import FitClock
 from training.config import DEFAULT_CONFIG
 from training.data import DataError, Dataset, load_dataset, read_splits
 from training.errors import ExportError, RunError
 from training.run_dir import claimed, logged_epochs, recorded, session_seed
+from training.status import run_status
 from training.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,11 +224,37 @@ def test_a_run_in_use_is_refused_and_freed_when_its_process_dies(
         with pytest.raises(RunError, match=rf"in use by a training run \(pid {holder.pid} on "):
             train(tiny_zip, out, epochs=3, resume=True)
         assert len(logged_epochs(out)) == 2
+        assert f"training now: pid {holder.pid} on " in run_status(out)
     finally:
         holder.kill()
         holder.wait()
+    # Killed without a word, it left its name in the lock file, yet reads as not training.
+    assert f"pid {holder.pid}" in (out / "run.lock").read_text()
+    assert "training now" not in run_status(out)
     with claimed(out):  # no stale lock to clear by hand
         assert str(os.getpid()) in (out / "run.lock").read_text()
+
+
+def test_status_says_how_far_a_run_is_and_how_to_go_on(
+    finished_run: Path, tmp_path: Path, tiny_zip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--run", str(finished_run)]) == 0
+    finished = capsys.readouterr().out
+    prediction = json.loads((finished_run / "run.json").read_text())["prediction"]
+    assert f"{finished_run}: epoch 2 of 2 " in finished
+    assert f"finished: validation accuracy {prediction['validation_accuracy_flip']:.4f}" in finished
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    record = json.loads((out / "run.json").read_text())
+    del record["prediction"]  # as it reads between two epochs
+    (out / "run.json").write_text(json.dumps(record))
+    halfway = run_status(out)
+    assert "h left" not in halfway  # both epochs are done: only the choices on validation remain
+    assert f"--data {tiny_zip} --out {out} --resume`" in halfway
+
+    assert main(["status", "--run", str(tmp_path / "nothing")]) == 2
+    assert "holds no run" in capsys.readouterr().err
 
 
 def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_zip: Path) -> None:
