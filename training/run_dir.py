@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from training.config import Config, config_from_dict, load_config
 from training.data import ValidationSplit
@@ -64,10 +64,9 @@ def claimed(out: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
             raise RunError(
-                f"{out} is in use by a training run ({holder}): wait for it to end, or stop it, "
-                "before training in that directory again"
+                f"{out} is in use by a training run ({named_in(handle)}): wait for it to end, or "
+                "stop it, before training in that directory again"
             ) from None
         handle.truncate(0)
         started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -92,8 +91,13 @@ def holder(out: Path) -> str | None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return handle.read().strip() or "another process"
+            return named_in(handle)
     return None
+
+
+def named_in(lock_file: TextIO) -> str:
+    """The holder a lock file names (a process that died mid-claim may have left it blank)."""
+    return lock_file.read().strip() or "another process"
 
 
 def resumed_settings(
