@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from service.contract import INPUT_SIZE, LABELS
+from training.batch_norm import BatchNormalization
 from training.config import AugmentConfig, ModelConfig
 
 IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 1)
@@ -35,7 +36,7 @@ def build_classifier(config: ModelConfig) -> keras.Model:
                 kernel_initializer="he_normal",
                 name=f"stage{stage}_conv{conv}",
             )(x)
-            x = layers.BatchNormalization(name=f"stage{stage}_bn{conv}")(x)
+            x = BatchNormalization(name=f"stage{stage}_bn{conv}")(x)
             x = layers.ReLU(name=f"stage{stage}_relu{conv}")(x)
         x = layers.MaxPooling2D(name=f"stage{stage}_pool")(x)
         if config.stage_dropout:
@@ -43,7 +44,7 @@ def build_classifier(config: ModelConfig) -> keras.Model:
     x = layers.GlobalAveragePooling2D(name="global_pool")(x)
     if config.dense_units:
         x = layers.Dense(config.dense_units, use_bias=False, name="dense")(x)
-        x = layers.BatchNormalization(name="dense_bn")(x)
+        x = BatchNormalization(name="dense_bn")(x)
         x = layers.ReLU(name="dense_relu")(x)
     if config.head_dropout:
         x = layers.Dropout(config.head_dropout, name="head_dropout")(x)
