@@ -3,8 +3,8 @@
 Keras 3 normalises a training batch in separate float32 ops (cast, mean, variance, normalise,
 cast back) that TensorFlow runs one after the other over every activation, forward and backward.
 TensorFlow's FusedBatchNormV3 does the same normalisation in one pass each way (oneDNN on these
-CPUs): a bfloat16 training step of the default recipe takes 0.37 CPU seconds instead of 0.45-0.48
-on a 2-core AMX Xeon (`bench/training_speed.py`), a fifth less.
+CPUs), which takes about a fifth off the CPU time of a training step (the README's training
+section has the figures, from `bench/training_speed.py`).
 
 The layer is Keras's `BatchNormalization` in every other respect: the same variables under the
 same names (weights files and checkpoints load either way), the same moving-average update from
