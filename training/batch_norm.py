@@ -3,7 +3,7 @@
 Keras 3 normalises a training batch in separate float32 ops (cast, mean, variance, normalise,
 cast back) that TensorFlow runs one after the other over every activation, forward and backward.
 TensorFlow's FusedBatchNormV3 does the same normalisation in one pass each way (oneDNN on these
-CPUs), which takes about a fifth off the CPU time of a training step (the README's training
+CPUs), which takes 15-20 % off the CPU time of a training step (the README's training
 section has the figures, from `bench/training_speed.py`).
 
 The layer is Keras's `BatchNormalization` in every other respect: the same variables under the
