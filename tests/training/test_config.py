@@ -46,6 +46,7 @@ def test_file_values_override_defaults(tmp_path: Path) -> None:
         ("[model]\nfilters = 32\n", "model.filters must be a list"),
         ("[augment]\nflip = 1\n", "augment.flip must be true or false"),
         ("[augment]\nerasing = 1.5\n", "augment.erasing must be in [0, 1]"),
+        ("[augment]\ncrop = 48\n", "augment.crop must be 0"),
         ("[export]\ncrop_margin = 9.0\n", "export.crop_margin must be in [0.5, 3.0]"),
         ("[model]\nfilters = [8, 16]\nconvs_per_stage = [1]\n", "one per stage"),
         ("[model]\nconvs_per_stage = [1, 2, 'x', 2]\n", "must hold integers"),
