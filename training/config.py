@@ -30,6 +30,11 @@ class ModelConfig:
     dense_units: int = 256
     """Width of the hidden dense layer after global average pooling (0: none)."""
     head_dropout: float = 0.4
+    input_crop: int = 0
+    """Side of the centre square of each 48x48 face that the network looks at (0: the whole face).
+    The augmentation's random shift moves each training face under this fixed window, so training
+    sees a different crop of each face and prediction the centre one; the convolutions then do
+    (input_crop/48)^2 of the work, in training and in the service alike."""
 
     def stage_convs(self) -> tuple[int, ...]:
         if isinstance(self.convs_per_stage, int):
@@ -50,11 +55,6 @@ class AugmentConfig:
     """Share of images in which a random rectangle (`model.ERASED_AREA` of the image) is replaced
     by noise (Zhong et al., 2017: random erasing); it stands in for the occlusion FER2013 has
     little of. 0 turns it off."""
-    crop: int = 0
-    """Side of the square each training face is cut to after the other augmentations: its centre,
-    which the random shift moves about, so the crops fall anywhere within the shift. The
-    convolutions then see (crop/48)^2 of the pixels, which costs that share of the time; the
-    network (global average pooling) still takes and ships whole 48x48 faces. 0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -126,12 +126,15 @@ class Config:
             (0 <= m.stage_dropout < 1, "model.stage_dropout must be in [0, 1)"),
             (0 <= m.head_dropout < 1, "model.head_dropout must be in [0, 1)"),
             (m.dense_units >= 0, "model.dense_units must be >= 0"),
+            (
+                m.input_crop == 0 or (16 <= m.input_crop < 48 and m.input_crop % 2 == 0),
+                "model.input_crop must be 0 (the whole face) or even and in [16, 48)",
+            ),
             (0 <= a.shift < 0.5, "augment.shift must be in [0, 0.5)"),
             (0 <= a.rotation_degrees <= 45, "augment.rotation_degrees must be in [0, 45]"),
             (0 <= a.zoom < 0.5, "augment.zoom must be in [0, 0.5)"),
             (0 <= a.contrast < 1, "augment.contrast must be in [0, 1)"),
             (0 <= a.erasing <= 1, "augment.erasing must be in [0, 1]"),
-            (a.crop == 0 or 16 <= a.crop < 48, "augment.crop must be 0 (off) or in [16, 48)"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 1, "train.batch_size must be >= 1"),
             (t.optimizer in ("sgd", "adamw"), "train.optimizer must be 'sgd' or 'adamw'"),

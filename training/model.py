@@ -17,17 +17,19 @@ from training.config import AugmentConfig, ModelConfig
 IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 1)
 
 
-def build_classifier(
-    config: ModelConfig, image_shape: tuple[int | None, ...] = IMAGE_SHAPE
-) -> keras.Model:
+def build_classifier(config: ModelConfig) -> keras.Model:
     """VGG-style stages of 3x3 convolutions with batch norm, ReLU, pooling and dropout.
 
     The layer named `logits` feeds the softmax, so calibration and test-time augmentation can
-    work on logits without rebuilding the network. `image_shape` may leave the sides open (None)
-    for a network that trains on crops; the weights do not depend on it.
+    work on logits without rebuilding the network. It always takes whole 48x48 faces, the
+    contract's input; with `input_crop` its first layer keeps their centre.
     """
-    inputs = keras.Input(image_shape, name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="pixel_scale")(inputs)
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = inputs
+    if config.input_crop:
+        margin = (INPUT_SIZE - config.input_crop) // 2
+        x = layers.Cropping2D(margin, name="centre_crop")(x)
+    x = layers.Rescaling(1.0 / 255.0, name="pixel_scale")(x)
     stages = zip(config.filters, config.stage_convs(), strict=True)
     for stage, (filters, convs) in enumerate(stages, start=1):
         for conv in range(1, convs + 1):
@@ -96,47 +98,13 @@ def build_augmenter(config: AugmentConfig) -> keras.Sequential:
                 dtype="float32",
             )
         )
-    if config.crop:
-        steps.append(TrainingCrop(config.crop, dtype="float32"))
     return keras.Sequential(steps, name="augment")
-
-
-class TrainingCrop(layers.Layer):
-    """The centre `size` x `size` of each face in training, the whole face otherwise.
-
-    Unlike Keras's `RandomCrop` (one window a batch in training, a resize at inference), the
-    window moves per face with the random shift before it, and validation, batch-norm statistics
-    and the export see the 48x48 faces the service sends.
-    """
-
-    def __init__(self, size: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.size = size
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        top = (images.shape[1] - self.size) // 2
-        left = (images.shape[2] - self.size) // 2
-        return images[:, top : top + self.size, left : left + self.size, :]
-
-    def compute_output_shape(self, input_shape):
-        # What model building traces: inference, the whole face. Training cuts the sides open.
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "size": self.size}
-
-
-def training_image_shape(augment: AugmentConfig) -> tuple[int | None, ...]:
-    """The shape of the faces the classifier trains on: sides left open where they are cropped."""
-    return (None, None, 1) if augment.crop else IMAGE_SHAPE
 
 
 def build_training_model(model: ModelConfig, augment: AugmentConfig) -> keras.Model:
     """Augmentation in front of the classifier; `get_layer("classifier")` gives the part to ship."""
     inputs = keras.Input(IMAGE_SHAPE, name="image")
-    classifier = build_classifier(model, training_image_shape(augment))
+    classifier = build_classifier(model)
     return keras.Model(inputs, classifier(build_augmenter(augment)(inputs)), name="trainer")
 
 

@@ -169,11 +169,9 @@ def compiled_trainer(config: Config, steps_per_epoch: int) -> keras.Model:
 def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
     """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces
     augmented as in training (see `recompute_batch_norm`)."""
-    from training.model import build_augmenter, training_image_shape
+    from training.model import build_augmenter
 
-    # Built for the augmented (maybe cropped) faces its statistics come from; the saved weights
-    # load into the 48x48 classifier that ships.
-    classifier = float32_classifier(config, training_image_shape(config.augment))
+    classifier = float32_classifier(config)
     mean, epochs = load_average(out / WEIGHT_AVERAGE)
     classifier.set_weights(mean)
     recompute_batch_norm(
@@ -185,18 +183,16 @@ def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> N
     )
 
 
-def float32_classifier(
-    config: Config, image_shape: tuple[int | None, ...] | None = None
-) -> keras.Model:
+def float32_classifier(config: Config) -> keras.Model:
     """The classifier rebuilt in float32, for trained weights to be put into.
 
     A graph traced under mixed_bfloat16 converts to ONNX ops that onnxruntime refuses; the same
     architecture in float32 with the trained (float32-stored) weights converts cleanly.
     """
-    from training.model import IMAGE_SHAPE, build_classifier
+    from training.model import build_classifier
 
     keras.mixed_precision.set_dtype_policy("float32")
-    return build_classifier(config.model, image_shape or IMAGE_SHAPE)
+    return build_classifier(config.model)
 
 
 def load_float32_classifier(config: Config, weights: Path) -> keras.Model:

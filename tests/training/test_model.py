@@ -56,21 +56,17 @@ def test_random_erasing_covers_part_of_some_images_in_training_only() -> None:
     assert not any(isinstance(layer, keras.layers.RandomErasing) for layer in default.layers)
 
 
-def test_training_crops_are_cut_per_face_and_only_in_training() -> None:
-    """Unlike Keras's RandomCrop (one window a batch, a resize at inference): the shift moves
-    each face's window, and validation and export see the whole face."""
-    columns = np.broadcast_to(np.arange(48, dtype="float32")[None, :, None], (48, 48, 1))
-    images = np.repeat(columns[None], 64, axis=0)
-    augmenter = build_augmenter(
-        AugmentConfig(flip=False, shift=0.1, rotation_degrees=0, zoom=0, crop=40)
+def test_a_cropping_classifier_takes_whole_faces_and_reads_only_their_centre() -> None:
+    classifier = build_classifier(
+        ModelConfig(filters=(8, 16), convs_per_stage=1, dense_units=8, input_crop=40)
     )
-    cropped = np.asarray(augmenter(images, training=True))
-    assert cropped.shape == (64, 40, 40, 1)
-    assert len(np.unique(np.round(cropped[:, 20, 20, 0]))) > 3, "windows should differ by face"
-    assert np.array_equal(np.asarray(augmenter(images, training=False)), images)
-    unshifted = build_augmenter(
-        AugmentConfig(flip=False, shift=0, rotation_degrees=0, zoom=0, crop=40)
-    )
-    np.testing.assert_array_equal(
-        np.asarray(unshifted(images, training=True)), images[:, 4:44, 4:44]
-    )
+    assert classifier.input_shape == (None, 48, 48, 1)
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype(np.float32)
+    other_borders = faces.copy()
+    other_borders[:, :4] = 255 - other_borders[:, :4]
+    other_borders[:, :, -4:] = 0
+    other_centres = faces.copy()
+    other_centres[:, 20:28, 20:28] = 255 - other_centres[:, 20:28, 20:28]
+    predict = lambda x: np.asarray(classifier.predict(x, verbose=0))  # noqa: E731
+    np.testing.assert_array_equal(predict(other_borders), predict(faces))
+    assert not np.allclose(predict(other_centres), predict(faces))
