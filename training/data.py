@@ -3,7 +3,8 @@
 Three layouts are accepted, all read the same way into uint8 arrays of 48x48 faces:
 - the Kaggle zip (`train/<emotion>/*.jpg`, `test/<emotion>/*.jpg`),
 - that zip unpacked into a folder,
-- the original ICML `fer2013.csv` (`emotion,pixels,Usage`).
+- the original ICML `fer2013.csv` (`emotion,pixels,Usage`), whose `emotion` numbers follow the
+  ICML 2013 challenge's own order, not ours (see `ICML_CSV_LABELS`).
 
 The validation split is carved from `train/` (stratified, seeded); `test/` is only handed out for
 the final evaluation. The CSV's PrivateTest rows are dropped on reading: they are never seen.
@@ -31,6 +32,24 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CSV_USAGE = {"Training": "train", "PublicTest": "test"}  # PrivateTest is held back, never read
+
+ICML_CSV_LABELS: tuple[str, ...] = (
+    "angry",
+    "disgust",
+    "fear",
+    "happy",
+    "sad",
+    "surprise",
+    "neutral",
+)
+"""The emotion each `emotion` number of the ICML `fer2013.csv` stands for (0 Angry, 1 Disgust,
+2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral, as the challenge published it). It is not the order
+of `LABELS` (neutral sits between happy and sad there), so a CSV number is never an index into
+`LABELS`: it goes through `CSV_EMOTION_TO_LABEL`."""
+
+CSV_EMOTION_TO_LABEL: dict[int, int] = {
+    number: LABELS.index(name) for number, name in enumerate(ICML_CSV_LABELS)
+}
 MAX_UNREADABLE_FRACTION = 0.01
 
 
@@ -187,11 +206,11 @@ def read_csv(path: Path, limit: int | None) -> dict[str, Split]:
             if split is None:
                 continue
             try:
-                label = int(row["emotion"])
+                label = CSV_EMOTION_TO_LABEL[int(row["emotion"])]
                 pixels = np.array(row["pixels"].split(), dtype=np.uint8)
-                if not 0 <= label < len(LABELS) or pixels.size != INPUT_SIZE * INPUT_SIZE:
+                if pixels.size != INPUT_SIZE * INPUT_SIZE:
                     raise ValueError
-            except ValueError:
+            except (KeyError, ValueError):
                 bad_rows.append(f"row {row_number}")
                 continue
             if limit is not None and taken[split, label] >= limit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,22 @@ from PIL import Image
 from service.contract import INPUT_SIZE, LABELS
 
 PER_CLASS = {"train": 12, "test": 4}
+
+# The `emotion` numbers of the ICML 2013 challenge's fer2013.csv, as published with it (0=Angry,
+# 1=Disgust, 2=Fear, 3=Happy, 4=Sad, 5=Surprise, 6=Neutral). Written out here rather than imported
+# from training/, so that the CSV the tests write cannot share a mistake with the code reading it.
+ICML_CSV_NUMBER = {
+    "angry": 0,
+    "disgust": 1,
+    "fear": 2,
+    "happy": 3,
+    "sad": 4,
+    "surprise": 5,
+    "neutral": 6,
+}
+
+Face = tuple[str, str, int, np.ndarray]
+"""(split, label, index within its class, 48x48 uint8 face)"""
 
 
 def synthetic_face(label_index: int, rng: np.random.Generator) -> np.ndarray:
@@ -34,7 +51,7 @@ def jpeg_bytes(face: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def generated_faces(per_class: dict[str, int] = PER_CLASS, seed: int = 0):
+def generated_faces(per_class: dict[str, int] = PER_CLASS, seed: int = 0) -> Iterator[Face]:
     """Yield (split, label, index, face) for a balanced tiny data set."""
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
@@ -43,30 +60,42 @@ def generated_faces(per_class: dict[str, int] = PER_CLASS, seed: int = 0):
                 yield split, label, index, synthetic_face(label_index, rng)
 
 
-def write_folder(root: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
-    for split, label, index, face in generated_faces(per_class):
+def write_folder(
+    root: Path, per_class: dict[str, int] = PER_CLASS, faces: Iterable[Face] | None = None
+) -> Path:
+    for split, label, index, face in generated_faces(per_class) if faces is None else faces:
         path = root / split / label / f"{split}_{index}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(jpeg_bytes(face))
     return root
 
 
-def write_zip(path: Path, per_class: dict[str, int] = PER_CLASS) -> Path:
+def write_zip(
+    path: Path, per_class: dict[str, int] = PER_CLASS, faces: Iterable[Face] | None = None
+) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
-        for split, label, index, face in generated_faces(per_class):
+        for split, label, index, face in generated_faces(per_class) if faces is None else faces:
             archive.writestr(f"{split}/{label}/{split}_{index}.jpg", jpeg_bytes(face))
     return path
 
 
-def write_csv(path: Path, per_class: dict[str, int] = PER_CLASS, private: int = 3) -> Path:
-    """The ICML layout; `private` PrivateTest rows per class are added, all of label 0 and
-    pure white, so a test can prove they never reach any split."""
+def write_csv(
+    path: Path,
+    per_class: dict[str, int] = PER_CLASS,
+    private: int = 3,
+    faces: Iterable[Face] | None = None,
+) -> Path:
+    """The ICML layout, emotions numbered as the challenge numbered them; `private` PrivateTest
+    rows per class are added, all of label 0 and pure white, so a test can prove they never reach
+    any split."""
     usage = {"train": "Training", "test": "PublicTest"}
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["emotion", "pixels", "Usage"])
-        for split, _label, _index, face in generated_faces(per_class):
-            writer.writerow([LABELS.index(_label), " ".join(map(str, face.ravel())), usage[split]])
+        for split, label, _index, face in generated_faces(per_class) if faces is None else faces:
+            writer.writerow(
+                [ICML_CSV_NUMBER[label], " ".join(map(str, face.ravel())), usage[split]]
+            )
         for _ in range(private * len(LABELS)):
             writer.writerow([0, " ".join(["255"] * INPUT_SIZE * INPUT_SIZE), "PrivateTest"])
     return path

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.contract import LABELS
-from tests.training.conftest import PER_CLASS, write_folder, write_zip
+from tests.training.conftest import PER_CLASS, Face, write_csv, write_folder, write_zip
 from training.data import DataError, carve_validation, load_dataset, read_splits
 
 
@@ -21,6 +21,47 @@ def test_every_layout_reads_to_the_same_arrays(layout: str, request: pytest.Fixt
         assert splits[split].x.dtype == np.uint8
         assert splits[split].class_counts() == dict.fromkeys(LABELS, count)
     assert len(sha) == 64
+
+
+# One known face per emotion: flat grey at a level of its own, which JPEG keeps within a few steps
+# and the CSV keeps exactly, so any face read back names the emotion it was written as.
+KNOWN_LEVEL = {
+    "angry": 20,
+    "disgust": 55,
+    "fear": 90,
+    "happy": 125,
+    "sad": 160,
+    "surprise": 195,
+    "neutral": 230,
+}
+
+
+def known_faces() -> list[Face]:
+    return [
+        (split, label, 0, np.full((48, 48), level, np.uint8))
+        for split in ("train", "test")
+        for label, level in KNOWN_LEVEL.items()
+    ]
+
+
+def emotion_of_level(face: np.ndarray) -> str:
+    (emotion,) = [e for e, level in KNOWN_LEVEL.items() if abs(face.mean() - level) < 5]
+    return emotion
+
+
+@pytest.mark.parametrize(
+    ("write", "name"),
+    [(write_zip, "fer2013.zip"), (write_folder, "fer2013"), (write_csv, "fer2013.csv")],
+    ids=["zip", "folder", "csv"],
+)
+def test_a_known_face_of_each_emotion_is_read_with_its_own_label(
+    write, name: str, tmp_path: Path
+) -> None:
+    splits, _ = read_splits(write(tmp_path / name, faces=known_faces()))
+    for split in ("train", "test"):
+        faces, labels = splits[split].x, splits[split].y
+        read_as = {emotion_of_level(face): LABELS[y] for face, y in zip(faces, labels, strict=True)}
+        assert read_as == {emotion: emotion for emotion in KNOWN_LEVEL}, split
 
 
 def test_layouts_agree_on_pixels(tiny_zip: Path, tiny_folder: Path) -> None:
