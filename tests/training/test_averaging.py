@@ -113,8 +113,8 @@ def test_a_run_with_weight_averaging_ships_the_average(
 ) -> None:
     config = tmp_path / "swa.toml"
     config.write_text(
-        smoke_config.read_text()
-        + 'swa_epochs = 2\nswa_learning_rate = 0.02\n\n[export]\nquantize = "none"\n'
+        smoke_config.read_text().replace("swa_epochs = 0", "swa_epochs = 2")
+        + 'swa_learning_rate = 0.02\n\n[export]\nquantize = "none"\n'
     )
     out = tmp_path / "run"
     model_path = train(tiny_zip, out, config)

@@ -59,7 +59,8 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
     tmp_path: Path, tiny_zip: Path, smoke_config: Path, repo_root: Path
 ) -> None:
     config = tmp_path / "swa.toml"
-    config.write_text(smoke_config.read_text() + 'swa_epochs = 1\n\n[export]\nquantize = "none"\n')
+    recipe = smoke_config.read_text().replace("swa_epochs = 0", "swa_epochs = 1")
+    config.write_text(recipe + '\n[export]\nquantize = "none"\n')
     out = tmp_path / "run"
     finished = train_on_jax(
         repo_root, "--data", str(tiny_zip), "--out", str(out), "--config", str(config)

@@ -436,7 +436,8 @@ def test_a_run_on_crops_ships_a_model_of_whole_faces(
     takes the service's 48x48 faces, and their borders do not change its answer."""
     config = tmp_path / "crops.toml"
     recipe = smoke_config.read_text().replace("[model]\n", "[model]\ninput_crop = 32\n")
-    config.write_text(recipe + 'swa_epochs = 1\n\n[export]\nquantize = "none"\n')
+    recipe = recipe.replace("swa_epochs = 0", "swa_epochs = 1")
+    config.write_text(recipe + '\n[export]\nquantize = "none"\n')
     model = train(tiny_zip, tmp_path / "run", config)
     session = session_for(model)
     assert session.get_inputs()[0].shape[1:] == [48, 48, 1]
