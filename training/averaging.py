@@ -121,9 +121,8 @@ def recompute_batch_norm(
     `augment`, run in training mode on each batch, makes them the statistics of the images the
     network trained on, as the SWA paper's `bn_update` does with its training loader. The layers
     after each norm learnt to read activations normalised that way: statistics of clean faces
-    instead cost a run trained with random erasing 0.048 of validation accuracy (the mean of its
-    epochs 81-87: 0.632 with clean statistics, 0.680 with augmented ones, 0.671 with the mean of
-    the epochs' own moving statistics).
+    instead cost a run trained with random erasing several points of validation accuracy
+    (docs/experiments.md, 2026-12-01).
 
     Each layer is run in training mode with its momentum set to n / (n + 1) at batch n, which turns
     its moving average into the plain mean over all batches. Dropout is switched off meanwhile, so

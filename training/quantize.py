@@ -14,26 +14,19 @@ kernels on this CPU compute what the graph says (see `check_quantized`).
 Weights are quantised to 7 bits (`reduce_range`). On x86 CPUs without VNNI (AVX2 only, or
 AVX-512 without VNNI), onnxruntime multiplies uint8 activations by int8 weights with VPMADDUBSW,
 which adds each pair of products into a saturating 16-bit integer: 255 * 127 * 2 overflows it, so
-8-bit weights give wrong sums wherever activations and weights are both large. The 8-bit model
-shipped before this change scores 0.714 on validation on an AVX-512 VNNI machine and 0.695 on a
-2-core AVX2 EPYC, where its kernels pick the graph's answer on only 91.5 % of faces. With 7-bit
-weights a pair of products fits (255 * 64 * 2 < 32768) on every CPU, at the same speed; uint8
-weights would fit too, but ran 32 % slower there.
+8-bit weights give wrong sums wherever activations and weights are both large, and the same model
+answers differently from CPU to CPU. With 7-bit weights a pair of products fits (255 * 64 * 2 <
+32768) on every CPU, at the same speed; uint8 weights would fit too, but run slower.
 
 The convolutions that read the image itself stay in float. Such a filter sees one channel
 through only 9 weights, so the lost bit costs it most, and its error reaches every later layer;
 it does about 0.5 % of the network's multiply-adds, so float costs no measurable time.
-`bench/quantization.py` on a run's best epoch so far (epoch 49 of 120, validation accuracy
-0.6506 in float, 2,871 faces; bench/results/quantization.md): all 7-bit, 0.6447 and the same
-answer as float on 97.6 % of faces, which the accuracy check refuses; first convolution in
-float, 0.6479 and 98.6 %, closer to float than 8-bit weights throughout as a VNNI CPU computes
-them (0.6496, 98.2 %; this AVX2 CPU's kernels make that 0.6339 and 92.0 %). Dense layers in
-float as well (98.6 %) or maximum ranges instead of the percentile (98.5 %) gained nothing.
 
 Activation ranges are the 99.999th percentile of what the calibration faces produce, not their
-maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost bit. The old
-model's network re-quantised from its own weights picks the float graph's answer on 98.64 % of
-validation faces so (98.40 % with maximum ranges; 98.75 % with 8-bit weights on a VNNI CPU).
+maximum: finer steps for the bulk of ReLU outputs make up for the weights' lost bit.
+
+Each of these choices was measured against the alternatives (`bench/quantization.py`); the runs
+and their figures are in docs/experiments.md (2026-12-01).
 """
 
 from __future__ import annotations

@@ -223,10 +223,9 @@ def choose_prediction(
     The temperature is fitted on the validation faces that are not pixel copies of a training
     face (`seen`; 7-8 % of FER2013's held-out faces): the network recalls those with
     near-certainty, so they pull the temperature below what faces it has never seen need, and
-    users never send them (`compare` leaves them out too). On the model shipped before this rule,
-    refitting on its validation outputs gave 1.028 instead of 1.016, and a calibration error on
-    the unseen faces of 0.027 instead of 0.029: a small step, in the right direction. Flip
-    averaging is still chosen on all of validation, so its accuracies compare with the curves'.
+    users never send them (`compare` leaves them out too; what the rule changed on a shipped
+    model: docs/experiments.md, 2026-12-01). Flip averaging is still chosen on all of
+    validation, so its accuracies compare with the curves'.
     """
     from training.calibrate import fit_temperature
     from training.data import copies_of
