@@ -1,5 +1,5 @@
-"""`python -m training download | train | status | evaluate | export | compare`: from data to a
-servable model, and the choice of which model to ship."""
+"""`python -m training download | train | trim | status | evaluate | export | compare`: from data
+to a servable model, and the choice of which model to ship."""
 
 from __future__ import annotations
 
@@ -29,7 +29,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     train.add_argument("--limit", type=int, help="at most N images per class per split")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument(
-        "--seed", type=int, help="seeds the validation split and training (default 1337)"
+        "--seed",
+        type=int,
+        help="seeds training: initial weights, shuffling, augmentation (default 1337); the "
+        "validation split has its own, train.split_seed",
+    )
+
+    trim = commands.add_parser(
+        "trim",
+        help="write a run's trimmed resumable state (under 10 MB) for git: see training.carry",
+    )
+    trim.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
+    trim.add_argument(
+        "--to", type=Path, required=True, help="the folder to commit, e.g. training/carried/NAME"
     )
 
     status = commands.add_parser(
@@ -90,6 +102,10 @@ def run(args: argparse.Namespace) -> None:
             )
         else:
             print(f"model written to {path}")
+    elif args.command == "trim":
+        from training.carry import trim
+
+        print(f"trimmed state written to {trim(args.run, args.to)}: commit that folder")
     elif args.command == "status":
         from training.status import run_status
 

@@ -79,12 +79,7 @@ def validation_split_of(model: EmotionModel) -> ValidationSplit:
         )
     try:
         training, config = json.loads(metadata[TRAINING_KEY]), json.loads(metadata[CONFIG_KEY])
-        split = ValidationSplit(
-            dataset_sha256=metadata[DATASET_KEY],
-            seed=training["seed"],
-            fraction=config["train"]["validation_fraction"],
-            limit=training.get("limit"),
-        )
+        split = ValidationSplit.recorded(metadata[DATASET_KEY], config, training)
     except (ValueError, KeyError, TypeError) as error:
         raise CompareError(
             f"{model.path}: its training record is unreadable ({error!r})"
@@ -109,7 +104,8 @@ def common_split(models: list[EmotionModel]) -> ValidationSplit:
                 f"against {other.describe()}; data sha256 {split.dataset_sha256[:12]}… against "
                 f"{other.dataset_sha256[:12]}…): one model's validation faces were the other's "
                 "training faces, so comparing them there would flatter it. Compare runs trained "
-                "on the same data file with the same seed, validation_fraction and --limit."
+                "on the same data file with the same train.split_seed, validation_fraction and "
+                "--limit."
             )
     return split
 

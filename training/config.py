@@ -75,6 +75,10 @@ class TrainConfig:
     class_weight_power: float = 0.25
     """Class weights are (mean count / class count) ** power: 0 off, 1 full inverse frequency."""
     validation_fraction: float = 0.1
+    split_seed: int = 1337
+    """Seeds which faces are held out for validation, and nothing else (`--seed` seeds training):
+    every member of an ensemble must hold out the same faces, so members differ only in the
+    training seed, never in this one."""
     early_stopping_patience: int = 0
     """Epochs without validation-accuracy gain before stopping (0: never stop early)."""
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
@@ -88,11 +92,11 @@ class TrainConfig:
     mean of their end-of-epoch weights (stochastic weight averaging), which sits in a flatter part
     of the minimum than any epoch of a net that overfits. 0: ship the best epoch."""
     swa_learning_rate: float = 0.01
+    """A fifth of the peak rate, as Izmailov et al. (2018) use for VGG-like nets."""
     teacher: str = ""
     """An exported model (ONNX) to distil from, validated on this run's split; "" for none. A
     relative path is taken from the directory the command runs in."""
     distillation: float = 0.5
-    """A fifth of the peak rate, as Izmailov et al. (2018) use for VGG-like nets."""
     """With a teacher: the share of each training target that is the teacher's probabilities
     (the rest is the label; `training.distill`)."""
 

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -297,7 +298,21 @@ class ValidationSplit:
 
     def describe(self) -> str:
         limit = "all of train/" if self.limit is None else f"train/ limited to {self.limit} a class"
-        return f"seed {self.seed}, fraction {self.fraction}, {limit}"
+        return f"split seed {self.seed}, fraction {self.fraction}, {limit}"
+
+    @classmethod
+    def recorded(
+        cls, dataset_sha256: str, config: dict[str, Any], training: dict[str, Any]
+    ) -> ValidationSplit:
+        """The split a run recorded: `config` is its config as a dict, `training` its run.json
+        (or the training record an export carries). Runs from before `train.split_seed` split
+        with their one `seed`."""
+        return cls(
+            dataset_sha256=dataset_sha256,
+            seed=config["train"].get("split_seed", training["seed"]),
+            fraction=config["train"]["validation_fraction"],
+            limit=training.get("limit"),
+        )
 
 
 def copies_of(seen: Split, faces: np.ndarray) -> np.ndarray:

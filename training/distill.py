@@ -63,7 +63,7 @@ def load_teacher(path: Path, train: Split, split: ValidationSplit) -> Teacher:
             f"sha256 {teacher_split.dataset_sha256[:12]}…) than this run "
             f"({split.describe()}, {split.dataset_sha256[:12]}…): it trained on some of this "
             "run's validation faces, so it would leak their labels. Distil from a model trained "
-            "on the same data file with the same seed, validation_fraction and --limit."
+            "on the same data file with the same train.split_seed, validation_fraction and --limit."
         )
     probabilities = model.predict(train.x)
     teacher = Teacher(

@@ -5,6 +5,9 @@
                                 time, best epoch, temperature, flip
     training_log.csv            one row per epoch (Keras CSVLogger)
     checkpoint/                 the last epoch's full state, for --resume
+    trimmed_state.npz           or, in a run carried through git, its trimmed state instead
+                                (`training.carry`): --resume starts from it where no
+                                checkpoint/ exists yet
     best_classifier.weights.h5  the classifier at its best validation accuracy
     weight_average.npz          with train.swa_epochs: the running mean of the classifier's weights
     averaged_classifier.weights.h5  that mean with its batch norm recomputed: the one shipped
@@ -39,12 +42,13 @@ BEST_WEIGHTS = "best_classifier.weights.h5"
 WEIGHT_AVERAGE = "weight_average.npz"
 AVERAGED_WEIGHTS = "averaged_classifier.weights.h5"
 LOCK_FILE = "run.lock"
+TRIMMED_STATE = "trimmed_state.npz"
 
 
 def prepare_run_dir(out: Path, resume: bool) -> None:
-    has_checkpoint = (out / CHECKPOINT_DIR).exists()
+    has_checkpoint = (out / CHECKPOINT_DIR).exists() or (out / TRIMMED_STATE).exists()
     if resume and not has_checkpoint:
-        raise RunError(f"--resume: {out} holds no checkpoint to resume from")
+        raise RunError(f"--resume: {out} holds no checkpoint or trimmed state to resume from")
     if not resume and (has_checkpoint or (out / RUN_FILE).exists()):
         raise RunError(f"{out} already holds a run: pass --resume to continue it, or another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -105,8 +109,9 @@ def resumed_settings(
 ) -> tuple[Config, int, int | None]:
     """The config, seed and limit a run started with, which its resumption must keep.
 
-    Another config would silently mix two recipes in one model, and another seed or limit would
-    carve another validation split, leaking validation faces into training: both are refused.
+    Another config would silently mix two recipes in one model (and another split seed or limit
+    would carve another validation split, leaking validation faces into training); another seed
+    would switch the run's random streams mid-run: all are refused.
     """
     record = read_run_file(out)
     if not record:
@@ -161,12 +166,7 @@ def write_run_file(out: Path, record: dict[str, Any]) -> None:
 
 def run_validation_split(record: dict[str, Any]) -> ValidationSplit:
     """Which faces the run recorded in `record` held out, from which file."""
-    return ValidationSplit(
-        dataset_sha256=record["data"]["sha256"],
-        seed=record["seed"],
-        fraction=config_from_dict(record["config"]).train.validation_fraction,
-        limit=record.get("limit"),
-    )
+    return ValidationSplit.recorded(record["data"]["sha256"], record["config"], record)
 
 
 def logged_epochs(out: Path) -> list[dict[str, str]]:

@@ -16,12 +16,15 @@ import numpy as np
 
 from service.contract import LABELS
 from service.cpus import cpu_features, machine_description
-from training.averaging import ConstantAfter, batches, load_average, recompute_batch_norm
+from training.averaging import batches, load_average, recompute_batch_norm
 from training.callbacks import make_callbacks
+from training.carry import restore_trimmed
 from training.config import Config, load_config
 from training.errors import RunError, TeacherError
+from training.optimizer import compiled_trainer, steps_per_epoch
 from training.run_dir import (
     AVERAGED_WEIGHTS,
+    CHECKPOINT_DIR,
     LOG_FILE,
     WEIGHT_AVERAGE,
     best_logged_accuracy,
@@ -120,47 +123,6 @@ def training_targets(
 def as_images(x: np.ndarray) -> np.ndarray:
     """uint8 N x 48 x 48 -> float32 N x 48 x 48 x 1 raw pixels, the model's input."""
     return x[..., None].astype(np.float32)
-
-
-# --- the model and its optimiser ----------------------------------------------------------------
-
-
-def make_optimizer(config: Config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    t = config.train
-    if t.schedule == "cosine":
-        warmup = t.warmup_epochs * steps_per_epoch
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=t.learning_rate / 10 if warmup else t.learning_rate,
-            decay_steps=t.epochs * steps_per_epoch - warmup,
-            alpha=0.0,
-            warmup_target=t.learning_rate if warmup else None,
-            warmup_steps=warmup,
-        )
-        if t.swa_epochs:
-            learning_rate = ConstantAfter(
-                learning_rate, t.epochs * steps_per_epoch, t.swa_learning_rate
-            )
-    else:
-        learning_rate = t.learning_rate
-    if t.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay
-        )
-    return keras.optimizers.AdamW(learning_rate, weight_decay=t.weight_decay)
-
-
-def compiled_trainer(config: Config, steps_per_epoch: int) -> keras.Model:
-    """The training model (augmentation in front of the classifier) compiled with the run's
-    optimiser and loss: what `train` fits, and what `bench/training_speed.py` times."""
-    from training.model import build_training_model
-
-    model = build_training_model(config.model, config.augment)
-    model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
@@ -307,7 +269,9 @@ def fit_and_ship(
         # Another file, even the same faces unpacked, would carve another validation split.
         dataset = run_validation_split(read_run_file(out)).load(Path(data))
     else:
-        dataset = load_dataset(Path(data), config.train.validation_fraction, seed, limit)
+        dataset = load_dataset(
+            Path(data), config.train.validation_fraction, config.train.split_seed, limit
+        )
     log.info(
         "data %s (sha256 %s…): train %d, validation %d, test %d",
         data,
@@ -323,11 +287,16 @@ def fit_and_ship(
     keras.mixed_precision.set_dtype_policy(precision)
     log.info("Keras %s on %s, precision %s", keras.__version__, keras.backend.backend(), precision)
 
-    split = ValidationSplit(dataset.sha256, seed, config.train.validation_fraction, limit)
+    split = ValidationSplit(
+        dataset.sha256, config.train.split_seed, config.train.validation_fraction, limit
+    )
     targets, teacher = training_targets(config, dataset, split, out)
-    steps_per_epoch = int(np.ceil(len(dataset.train) / config.train.batch_size))
-    model = compiled_trainer(config, steps_per_epoch)
+    steps = steps_per_epoch(len(dataset.train), config)
+    model = compiled_trainer(config, steps)
     log.info("model: %d parameters", model.count_params())
+    # A run carried through git has a trimmed state and no checkpoint: start from the former.
+    carried = resume and not (out / CHECKPOINT_DIR).exists()
+    initial_epoch = restore_trimmed(out, model, steps) if carried else 0
     write_run_file(
         out,
         {
@@ -360,6 +329,7 @@ def fit_and_ship(
         sample_weight=weights[dataset.train.y].astype(np.float32),
         validation_data=(as_images(dataset.validation.x), one_hot(dataset.validation.y)),
         epochs=config.train.total_epochs,
+        initial_epoch=initial_epoch,
         batch_size=config.train.batch_size,
         shuffle=True,
         callbacks=make_callbacks(config, out, best_logged_accuracy(out)),

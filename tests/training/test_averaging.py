@@ -14,8 +14,9 @@ import pytest
 from training.averaging import ConstantAfter, WeightAverage, load_average, recompute_batch_norm
 from training.config import load_config
 from training.data import read_splits
+from training.optimizer import make_optimizer
 from training.run_dir import AVERAGED_WEIGHTS, BEST_WEIGHTS, WEIGHT_AVERAGE
-from training.train import make_optimizer, train
+from training.train import train
 
 
 def test_the_learning_rate_follows_the_schedule_then_stays_constant() -> None:
