@@ -31,7 +31,7 @@ from service.images import ImageLimits
 from service.model import EmotionModel
 from service.pages_policy import PagesPolicy
 from service.pipeline import EmotionPipeline
-from service.routes import annotated, page, predict, status
+from service.routes import annotated, page, predict, status, video
 from service.routes import metrics as metrics_route
 from service.routes import model as model_route
 from service.security import ApiKeyGate, require_api_key
@@ -54,7 +54,7 @@ Every client mistake is answered with a 4xx status and a JSON body `{"detail": .
 """
 
 
-PREDICT_PATHS = ("/predict", "/predict/batch", "/predict/annotated")
+PREDICT_PATHS = ("/predict", "/predict/batch", "/predict/annotated", video.PATH)
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     protected = [Depends(require_api_key)] if settings.api_key_value else []
     app.include_router(predict.router, dependencies=protected)
     app.include_router(annotated.router, dependencies=protected)
+    app.include_router(video.router, dependencies=protected)
     app.include_router(status.router)
     app.include_router(model_route.router, dependencies=protected)
     app.include_router(metrics_route.router, dependencies=protected)
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     routers = (
         predict.router,
         annotated.router,
+        video.router,
         status.router,
         model_route.router,
         metrics_route.router,
@@ -124,9 +126,14 @@ def _add_middleware(app: FastAPI, settings: Settings, served: set[str]) -> None:
             "/predict": settings.max_upload_bytes + MULTIPART_OVERHEAD,
             "/predict/annotated": settings.max_upload_bytes + MULTIPART_OVERHEAD,
             "/predict/batch": settings.max_batch_bytes,
+            video.PATH: settings.max_video_bytes + MULTIPART_OVERHEAD,
         },
     )
-    app.add_middleware(RequestDeadline, seconds=settings.request_timeout_seconds)
+    app.add_middleware(
+        RequestDeadline,
+        seconds=settings.request_timeout_seconds,
+        per_path={video.PATH: settings.video_timeout_seconds},
+    )
     app.add_middleware(
         LoadShedding,
         capacity=settings.worker_threads + settings.max_queued_requests,

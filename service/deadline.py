@@ -12,6 +12,7 @@ busy, so the number of busy threads stays bounded.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 import anyio
@@ -63,9 +64,13 @@ class RequestDeadline:
     """ASGI middleware: every HTTP request is answered within `seconds` (plus at most one
     pipeline stage), 408 when the upload is still arriving then, 503 otherwise."""
 
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
+    def __init__(
+        self, app: ASGIApp, seconds: float, per_path: Mapping[str, float] | None = None
+    ) -> None:
         self.app = app
         self.seconds = seconds
+        self.per_path = dict(per_path or {})
+        """Paths whose requests take longer by nature (a whole video), with their own limit."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,18 +92,19 @@ class RequestDeadline:
                 started = True
             await send(message)
 
-        token = _deadline.set((time.monotonic() + self.seconds, self.seconds))
+        seconds = self.per_path.get(scope["path"].rstrip("/"), self.seconds)
+        token = _deadline.set((time.monotonic() + seconds, seconds))
         try:
-            with anyio.move_on_after(self.seconds) as cancel_scope:
+            with anyio.move_on_after(seconds) as cancel_scope:
                 await self.app(scope, tracked_receive, tracked_send)
         finally:
             _deadline.reset(token)
         if not cancel_scope.cancelled_caught or started:
             return
         if body_complete:
-            status, detail = 503, timed_out_detail(self.seconds)
+            status, detail = 503, timed_out_detail(seconds)
         else:
-            status, detail = 408, upload_timed_out_detail(self.seconds)
+            status, detail = 408, upload_timed_out_detail(seconds)
         response = JSONResponse(
             {"detail": detail},
             status_code=status,

@@ -158,6 +158,39 @@ class Settings(BaseSettings):
         "process exits anyway.",
     )
 
+    max_video_bytes: int = Field(
+        200 * MEGABYTE, ge=1, description="Largest video file accepted, in bytes (413 above)."
+    )
+    max_video_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest video accepted, in seconds of video, from its header or, when that "
+        "lies, while it is decoded (413 above).",
+    )
+    max_video_frames: int = Field(
+        3000,
+        ge=1,
+        description="Most frames one /predict/video request analyses (its duration times `fps`); "
+        "past it 422, which says to ask for a lower `fps`.",
+    )
+    video_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a /predict/video request may take, upload included, in place of "
+        "REQUEST_TIMEOUT_SECONDS: past it 503, or an NDJSON answer ends with an `error` line.",
+    )
+    max_streams: int = Field(
+        4,
+        ge=1,
+        description="Live streams (/stream WebSockets) each process serves at once; one more is "
+        "closed at once with code 1013 (try again later).",
+    )
+    stream_idle_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A live stream that sends no frame for this long is closed (code 1001).",
+    )
+
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]

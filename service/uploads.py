@@ -91,6 +91,16 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> bytes | ImageReject
     return data
 
 
+def spooled_upload(upload: UploadFile, max_bytes: int) -> ImageRejected | None:
+    """Why an upload read from where the server spooled it (a video, decoded as a stream, not
+    read into memory) cannot be used, or None: the same size refusals as `read_upload`."""
+    if upload.size is not None and upload.size > max_bytes:
+        return _file_too_large(upload.size, max_bytes)
+    if not upload.size:
+        return ImageRejected(400, "the uploaded file is empty", reason="empty")
+    return None
+
+
 def _file_too_large(size: int | None, max_bytes: int) -> ImageRejected:
     size_text = f"{size} bytes" if size is not None else f"over {max_bytes} bytes"
     return ImageRejected(413, f"the file is {size_text}; the limit is {max_bytes} bytes")
