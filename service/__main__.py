@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -25,12 +26,15 @@ from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app, load_detector, load_model
 from service.blazeface import DetectorError
+from service.connections import GuardedHttpProtocol
 from service.logs import logging_config
 from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.model import ModelError
 from service.settings import Settings
 
 EXIT_CONFIGURATION = 2
+OPEN_FILES_BESIDES_CONNECTIONS = 1024
+"""Room for the model, spooled uploads, metrics files and libraries' own descriptors."""
 
 
 def main() -> int:
@@ -60,7 +64,10 @@ def main() -> int:
         "access_log": False,  # the service logs each request itself, with its request id
         "server_header": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+        "http": GuardedHttpProtocol,  # header timeout and size, connection limit
     }
+    _allow_open_files(settings.max_connections + OPEN_FILES_BESIDES_CONNECTIONS)
     # uvicorn shuts down gracefully at SIGTERM and then raises the signal again for whatever
     # handled it before; with this no-op handler there, a requested stop that went well exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -74,6 +81,17 @@ def main() -> int:
         with _metrics_shared_between_workers():
             _Workers(config, sockets=[config.bind_socket()]).run()
     return 0
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards `wanted` (as far as the hard limit allows), so
+    that MAX_CONNECTIONS, not a default of 1024 descriptors, bounds the connections; the worker
+    processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 class _Workers(Multiprocess):

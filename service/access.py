@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.logs import REQUEST_ID_HEADER, set_request_id
 from service.metrics import IN_PROGRESS, REQUEST_SECONDS, REQUESTS
+from service.middleware import HttpMiddleware
 
 log = logging.getLogger("service.access")
 
@@ -25,17 +26,14 @@ OTHER_ROUTE = "other"
 time series."""
 
 
-class AccessLog:
+class AccessLog(HttpMiddleware):
     """ASGI middleware: request id, then after the answer one log line and the metrics."""
 
     def __init__(self, app: ASGIApp, routes: Collection[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.routes = frozenset(routes)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = set_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
         status = 500  # what the client gets when the app fails before answering
         start = time.perf_counter()

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import metrics
 from service.access import AccessLog
@@ -38,7 +39,13 @@ from service.security import ApiKeyGate, require_api_key
 from service.settings import Settings
 from service.shedding import LoadShedding
 from service.shutdown import drain_on_signals
-from service.uploads import MULTIPART_OVERHEAD, BodySizeLimit
+from service.upload_gate import UploadGate
+from service.uploads import (
+    MULTIPART_OVERHEAD,
+    BodySizeLimit,
+    answer_disk_full,
+    answer_http_error,
+)
 
 log = logging.getLogger("service")
 
@@ -97,6 +104,8 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(page.router)
     app.mount(page.STATIC_PATH, StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(StarletteHTTPException, answer_http_error)
+    app.add_exception_handler(OSError, answer_disk_full)
 
     routers = (
         predict.router,
@@ -115,10 +124,23 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
 
 def _add_middleware(app: FastAPI, settings: Settings, served: set[str]) -> None:
     """Outermost last: the access log sees every answer; CORS answers preflights before the key
-    is asked for; the key is checked before a request takes a place; the place is taken before
-    the deadline starts and the upload is read."""
+    is asked for; the key is checked before anything is read; the deadline covers the upload;
+    a body announced too large is refused before it counts as arriving; an arriving body is
+    paced and bounded, and takes a place for analysis only once it is in."""
     app.add_middleware(
         PagesPolicy, docs_paths=(DOCS_URL, REDOC_URL, app.swagger_ui_oauth2_redirect_url)
+    )
+    app.add_middleware(
+        LoadShedding,
+        capacity=settings.worker_threads + settings.max_queued_requests,
+        paths=PREDICT_PATHS,
+    )
+    app.add_middleware(
+        UploadGate,
+        max_uploads=settings.max_arriving_uploads,
+        max_bytes=settings.max_arriving_upload_bytes,
+        min_rate=settings.min_upload_bytes_per_second,
+        grace_seconds=settings.upload_rate_grace_seconds,
     )
     app.add_middleware(
         BodySizeLimit,
@@ -133,11 +155,6 @@ def _add_middleware(app: FastAPI, settings: Settings, served: set[str]) -> None:
         RequestDeadline,
         seconds=settings.request_timeout_seconds,
         per_path={video.PATH: settings.video_timeout_seconds},
-    )
-    app.add_middleware(
-        LoadShedding,
-        capacity=settings.worker_threads + settings.max_queued_requests,
-        paths=PREDICT_PATHS,
     )
     if settings.api_key_value:
         app.add_middleware(ApiKeyGate, key=settings.api_key_value)

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware import HttpMiddleware, has_body
+
 RETRY_AFTER_SECONDS = 1
 
 _deadline: ContextVar[tuple[float, float] | None] = ContextVar("deadline", default=None)
@@ -60,24 +62,21 @@ def check_deadline() -> None:
         raise DeadlineExceeded(deadline[1])
 
 
-class RequestDeadline:
+class RequestDeadline(HttpMiddleware):
     """ASGI middleware: every HTTP request is answered within `seconds` (plus at most one
     pipeline stage), 408 when the upload is still arriving then, 503 otherwise."""
 
     def __init__(
         self, app: ASGIApp, seconds: float, per_path: Mapping[str, float] | None = None
     ) -> None:
-        self.app = app
+        super().__init__(app)
         self.seconds = seconds
         self.per_path = dict(per_path or {})
         """Paths whose requests take longer by nature (a whole video), with their own limit."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
-        body_complete = not _has_body(scope)
+        body_complete = not has_body(scope)
 
         async def tracked_receive() -> Message:
             nonlocal body_complete
@@ -111,10 +110,3 @@ class RequestDeadline:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
         )
         await response(scope, receive, send)
-
-
-def _has_body(scope: Scope) -> bool:
-    for name, value in scope.get("headers", ()):
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False

@@ -63,6 +63,37 @@ SHED = Counter(
     "emotion_requests_shed",
     "Prediction requests answered 503 at once because the process had no room for them.",
 )
+UPLOADS_ARRIVING = Gauge(
+    "emotion_uploads_arriving",
+    "Request bodies being read now (they hold no analysis place yet), all processes together.",
+    multiprocess_mode="livesum",
+)
+UPLOAD_BYTES_ARRIVING = Gauge(
+    "emotion_upload_bytes_arriving",
+    "Bytes of the request bodies being read now, all processes together.",
+    multiprocess_mode="livesum",
+)
+ANALYSIS_PLACES_TAKEN = Gauge(
+    "emotion_analysis_places_taken",
+    "Prediction requests whose body has arrived, being analysed or waiting their turn.",
+    multiprocess_mode="livesum",
+)
+UPLOADS_REFUSED = Counter(
+    "emotion_uploads_refused",
+    "Uploads answered 503 because too many (`count`) or too many bytes (`bytes`) were arriving, "
+    "or 507 because the temporary directory was full (`disk_full`).",
+    ["reason"],
+)
+SLOW_UPLOADS = Counter(
+    "emotion_slow_uploads_cut",
+    "Uploads cut off with 408 for arriving slower than MIN_UPLOAD_BYTES_PER_SECOND.",
+)
+CONNECTIONS_CLOSED = Counter(
+    "emotion_connections_closed",
+    "Connections the server closed itself, by reason: `header_timeout`, `header_too_large`, "
+    "`evicted` (idle, to make room under MAX_CONNECTIONS), `refused` (no room).",
+    ["reason"],
+)
 STAGE_SECONDS = Histogram(
     "emotion_stage_duration_seconds",
     "Time per pipeline stage: decode and detect per image, crop per image, infer per batch.",
@@ -90,6 +121,10 @@ for _stage in STAGES:
     STAGE_SECONDS.labels(stage=_stage)
 for _reason in REJECTION_REASONS:
     REJECTED.labels(reason=_reason)
+for _reason in ("count", "bytes", "disk_full"):
+    UPLOADS_REFUSED.labels(reason=_reason)
+for _reason in ("header_timeout", "header_too_large", "evicted", "refused"):
+    CONNECTIONS_CLOSED.labels(reason=_reason)
 
 
 def image_rejected(reason: str) -> None:

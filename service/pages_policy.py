@@ -13,6 +13,8 @@ from collections.abc import Collection
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.middleware import HttpMiddleware
+
 _SAME_ORIGIN_ONLY = (
     "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'self'; "
     "form-action 'self'; frame-ancestors 'self'"
@@ -29,18 +31,15 @@ DOCS_POLICY = (
 compiles JSON-schema validators at run time, and runs its search in a blob worker."""
 
 
-class PagesPolicy:
+class PagesPolicy(HttpMiddleware):
     """ASGI middleware: the policy header on every `text/html` answer, `DOCS_POLICY` on the
     paths in `docs_paths` and `PAGE_POLICY` elsewhere."""
 
     def __init__(self, app: ASGIApp, docs_paths: Collection[str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.docs_paths = frozenset(docs_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         policy = DOCS_POLICY if scope["path"] in self.docs_paths else PAGE_POLICY
 
         async def send_with_policy(message: Message) -> None:

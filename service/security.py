@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.middleware import HttpMiddleware
+
 API_KEY_HEADER = "X-API-Key"
 PUBLIC_PATHS = frozenset(
     {"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
@@ -61,17 +63,17 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-class ApiKeyGate:
+class ApiKeyGate(HttpMiddleware):
     """ASGI middleware: 401 with a JSON `detail` and `WWW-Authenticate` for a request to a
     non-public path without the right key. CORS preflights (OPTIONS) pass: browsers send them
     without custom headers, and the CORS middleware outside this one answers them."""
 
     def __init__(self, app: ASGIApp, key: str) -> None:
-        self.app = app
+        super().__init__(app)
         self.key = key
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or is_public(scope["path"]):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "OPTIONS" or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         problem = key_problem(Headers(scope=scope).get(API_KEY_HEADER), self.key)

@@ -77,6 +77,53 @@ class Settings(BaseSettings):
         description="Longest a request may take, upload included: past it the answer is 503 "
         "(408 while the upload is still arriving).",
     )
+    min_upload_bytes_per_second: int = Field(
+        1024,
+        ge=0,
+        description="Slowest an upload may arrive, averaged from the request's start once "
+        "UPLOAD_RATE_GRACE_SECONDS have passed: a slower one is cut off with 408 (0: no minimum).",
+    )
+    upload_rate_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long an upload may arrive at any pace before MIN_UPLOAD_BYTES_PER_SECOND "
+        "applies.",
+    )
+    max_arriving_uploads: int = Field(
+        1024,
+        ge=1,
+        description="Request bodies each process reads at the same time; past that a new one is "
+        "answered 503 with Retry-After at once. Uploads hold no analysis place while they arrive.",
+    )
+    max_arriving_upload_bytes: int = Field(
+        256 * MEGABYTE,
+        ge=1,
+        description="Bytes of request bodies still arriving that each process holds (in memory, "
+        "spooled to the temporary directory over 1 MB a file); past it: 503 with Retry-After.",
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Open connections per process; past it the connection that has waited longest "
+        "for a request's headers is closed to make room (a new one is refused when none waits).",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a connection may take to send a request's headers, from when it opens "
+        "or its last answer ends; past it the connection is closed.",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long an idle keep-alive connection stays open after an answer.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers), in bytes: past it 431 and "
+        "the connection is closed.",
+    )
 
     face_detector: Literal["blazeface", "haar"] = Field(
         "blazeface",

@@ -1,14 +1,16 @@
 """Faces per image, request time and work in flight: each bounded, each answered clearly.
 
 The faces cap runs through the real app in process. The deadline and load shedding are about
-time and connections, so they run against a real `python -m service` over loopback; the slow
-clients are raw sockets that send a request's head and part of its body, then wait, which holds
-a place in the service for exactly as long as the test wants, whatever the machine's speed.
+time and connections, so they run against a real `python -m service` over loopback. The slow
+clients are raw sockets that send a request's head and part of its body, then wait: an upload
+still arriving, for as long as the test wants. A place for analysis is taken only once a body
+has arrived, so the tests that fill the places send batches that take a while to analyse.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -173,23 +175,59 @@ def test_an_upload_that_does_not_arrive_in_time_is_a_408(hurried):
 
 @pytest.fixture(scope="module")
 def tiny(model_path) -> Iterator[str]:
-    """One request analysed at a time and one waiting: room for two."""
-    settings = {"WORKER_THREADS": "1", "MAX_QUEUED_REQUESTS": "1", "LOG_LEVEL": "warning"}
+    """One request analysed at a time and one waiting: room for two; batches big enough to keep
+    the one thread busy for a while."""
+    settings = {
+        "WORKER_THREADS": "1",
+        "MAX_QUEUED_REQUESTS": "1",
+        "MAX_BATCH_FILES": "1000",
+        "LOG_LEVEL": "warning",
+    }
     with service_process(model_path, settings=settings) as service:
         yield service.url
 
 
-def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(tiny, portrait_bytes):
+def wait_until_places_taken(url: str, count: int, seconds: float = 30) -> None:
+    """Until exactly `count` requests hold a place for analysis (their body has arrived)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        if _count(metrics, "emotion_analysis_places_taken") == count:
+            return
+        assert time.monotonic() < deadline, f"not {count} places taken"
+        time.sleep(0.02)
+
+
+@contextmanager
+def analysing(url: str, photos: list[tuple[str, bytes]]) -> Iterator[list[int]]:
+    """A batch posted from a thread, holding a place while it is analysed; yields the list its
+    status goes into once answered (the block waits for it at the end)."""
+    statuses: list[int] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            statuses.append(http.post("/predict/batch", files=photos).status_code)
+
+    poster = threading.Thread(target=post, name="batch")
+    poster.start()
+    try:
+        yield statuses
+    finally:
+        poster.join()
+
+
+def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(
+    tiny, portrait, portrait_bytes
+):
+    """Both places held by batches being analysed (their bodies are in): the next requests are
+    refused before their analysis, the probes answer, and the places free up afterwards."""
+    photos = _small_photos(portrait, 300)
     with httpx.Client(base_url=tiny, timeout=30) as http:
         shed_before = _count(http.get("/metrics").text, "emotion_requests_shed_total")
-        with ExitStack() as holding:
-            for _ in range(2):
-                holding.enter_context(slow_upload(tiny))
-            wait_until_in_progress(tiny, 2)  # both have taken their places
-            start = time.monotonic()
+        with analysing(tiny, photos) as first, analysing(tiny, photos) as second:
+            wait_until_places_taken(tiny, 2)
             refused = http.post("/predict", files={"file": portrait_bytes})
             refused_batch = http.post("/predict/batch", files={"files": portrait_bytes})
-            assert time.monotonic() - start < 2  # at once, not after a queue
             for response in (refused, refused_batch):
                 assert response.status_code == 503
                 assert "saturated" in response.json()["detail"]
@@ -198,15 +236,31 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(tiny, p
             assert http.get("/ready").status_code == 200
             metrics = http.get("/metrics").text
             assert _count(metrics, "emotion_requests_shed_total") - shed_before == 2
-        # the slow clients went away: their places are free again
-        wait_until_in_progress(tiny, 0)
+        assert first == second == [200]
+        wait_until_places_taken(tiny, 0)
         recovered = http.post("/predict", files={"file": portrait_bytes})
         assert recovered.status_code == 200
         assert len(recovered.json()["faces"]) == 1
 
 
-def test_requests_within_the_room_wait_their_turn_instead_of_being_shed(tiny, portrait_bytes):
-    """Room for two: one slow upload holds a place, a second request still gets through."""
-    with slow_upload(tiny), httpx.Client(base_url=tiny, timeout=30) as http:
-        wait_until_in_progress(tiny, 1)
-        assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
+def test_requests_within_the_room_wait_their_turn_instead_of_being_shed(
+    tiny, portrait, portrait_bytes
+):
+    """Room for two: a batch being analysed holds a place, a second request still gets through."""
+    with analysing(tiny, _small_photos(portrait, 300)) as batch:
+        wait_until_places_taken(tiny, 1)
+        with httpx.Client(base_url=tiny, timeout=30) as http:
+            assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
+    assert batch == [200]
+
+
+def test_uploads_still_arriving_hold_no_place(tiny, portrait_bytes):
+    """Slow uploads on every place and more: they are arriving, not analysed, so a photo sent
+    whole is analysed at once."""
+    with ExitStack() as holding:
+        for _ in range(4):
+            holding.enter_context(slow_upload(tiny))
+        wait_until_in_progress(tiny, 4)
+        with httpx.Client(base_url=tiny, timeout=30) as http:
+            assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
+            assert _count(http.get("/metrics").text, "emotion_uploads_arriving") == 4
