@@ -174,7 +174,7 @@ class VideoReader:
                     f"{self.limits.max_seconds:g} s (MAX_VIDEO_SECONDS): send a shorter clip",
                     reason="too_long",
                 )
-            expected = math.floor(info.duration * min(self.fps, rate or self.fps)) + 1
+            expected = math.ceil(info.duration * min(self.fps, rate or self.fps) - 1e-6)
             if expected > self.limits.max_frames:
                 raise self.too_many_frames(expected)
         return info
