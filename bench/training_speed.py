@@ -11,8 +11,8 @@ By default it measures float32, and mixed_bfloat16 where the CPU computes it nat
 BF16 or AMX): elsewhere bfloat16 is emulated, about 13x slower, and only measured when asked.
 Nothing else should run meanwhile (pause a training run with `kill -STOP PID`, then `-CONT`).
 It also prints the CPU seconds a step takes on both cores together: on a shared 2-vCPU machine
-the wall time of the same code lands on one of a few levels from run to run (0.20, 0.26 or
-0.34 s a step at the same 0.37 CPU seconds), so CPU time is the figure to compare code by, and
+the wall time of the same code lands on one of a few levels from run to run at the same CPU
+seconds (docs/experiments.md, 2026-12-02), so CPU time is the figure to compare code by, and
 wall time the one a schedule budgets.
 Writes bench/results/training_speed.{json,md}. Needs the training environment; takes about a
 minute a precision on a 2-core machine.
