@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 
 from service import metrics
 from service.deadline import timed_out_detail, upload_timed_out_detail
@@ -103,14 +104,24 @@ class AnalysedImage:
 
 
 async def analyse_one_image(
-    file: Annotated[UploadFile, File(description=f"The image: {FORMATS}.")],
+    request: Request,
     pipeline: PipelineDep,
     settings: SettingsDep,
+    file: Annotated[
+        UploadFile | None,
+        File(
+            description=f"The image: {FORMATS}. Or send the image itself as the request body, "
+            "with `Content-Type: image/jpeg` (another `image/*` type, or "
+            "`application/octet-stream`): no multipart to build or parse."
+        ),
+    ] = None,
     detect: DetectQuery = DetectMode.auto,
     max_faces: MaxFacesQuery = 20,
 ) -> AnalysedImage:
     """The input of every one-image endpoint, parsed and analysed in one place, so that they take
-    the same field and parameters and refuse a bad file with the same status and message."""
+    the same field, body and parameters and refuse a bad file with the same status and message."""
+    if file is None:
+        file = await raw_image_body(request)
     upload = await read_upload(file, settings.max_upload_bytes)
     (result,) = await _run(pipeline, [upload], detect, max_faces, settings)
     if isinstance(result, FileError):
@@ -120,6 +131,32 @@ async def analyse_one_image(
 
 
 AnalysedImageDep = Annotated[AnalysedImage, Depends(analyse_one_image)]
+
+MULTIPART_SPOOL_BYTES = 1024 * 1024
+"""Starlette's own spool size for a multipart file."""
+
+NO_IMAGE = (
+    "send the image as a multipart form field named `file`, or as the request body with "
+    "`Content-Type: image/jpeg` (or another image/* type, or application/octet-stream)"
+)
+
+
+async def raw_image_body(request: Request) -> UploadFile:
+    """An `image/*` request body as the upload it stands for, so that it meets the same checks
+    (`read_upload`) and refusals as a multipart `file`. The body arrives through the same size
+    limit and deadline as any other (the app's middleware)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if not media_type.startswith("image/") and media_type != "application/octet-stream":
+        raise HTTPException(status_code=422, detail=NO_IMAGE)
+    body = await request.body()
+    # Held as Starlette holds a multipart file (in memory below its 1 MB spool size), so that
+    # reading it back needs no worker thread.
+    spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115  (the UploadFile owns it; in memory)
+        max_size=max(len(body), MULTIPART_SPOOL_BYTES)
+    )
+    spool.write(body)
+    spool.seek(0)
+    return UploadFile(spool, size=len(body))
 
 
 @router.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +17,8 @@ from service.images import ImageLimits, decode_grayscale
 from service.model import EmotionModel
 from service.settings import Settings
 from tests.service.conftest import encode
+from tests.service.server import running_service
+from tests.service.test_bad_input import BAD_FILES
 
 
 def assert_face_answer(face: dict) -> None:
@@ -267,3 +270,91 @@ def test_a_bug_of_ours_is_a_json_500_and_the_service_keeps_serving(
         }
         monkeypatch.setattr(model, "predict", real_predict)
         assert broken.post("/predict", files={"file": portrait_bytes}).status_code == 200
+
+
+# --- the image as the request body (Content-Type: image/*), beside multipart -------------------
+
+RAW_PATHS = ("/predict", "/predict/annotated")
+
+
+def raw(data: bytes, media_type: str = "image/jpeg") -> dict:
+    return {"content": data, "headers": {"Content-Type": media_type}}
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["image/jpeg", "image/png", "IMAGE/JPEG; charset=binary", "application/octet-stream"],
+)
+def test_a_raw_image_body_gets_the_answer_multipart_gets(client, two_faces, media_type):
+    """The declared type only says "this body is the image": the bytes are read for what they
+    are (`two_faces` is a PNG), as a multipart file's are."""
+    multipart = client.post("/predict?max_faces=1", files={"file": two_faces})
+    response = client.post("/predict?max_faces=1", **raw(two_faces, media_type))
+    assert response.status_code == 200
+    assert response.json() == multipart.json()
+    assert response.json()["faces_found"] == 2
+    annotated = client.post("/predict/annotated", **raw(two_faces, media_type))
+    assert annotated.status_code == 200 and annotated.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("path", RAW_PATHS)
+@pytest.mark.parametrize(("data", "status", "phrase"), BAD_FILES)
+def test_a_bad_raw_body_is_refused_as_the_same_multipart_file_is(
+    client, portrait_bytes, path, data, status, phrase
+):
+    response = client.post(path, **raw(data))
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert phrase in response.json()["detail"]
+    assert response.json() == client.post(path, files={"file": ("upload", data)}).json()
+    assert client.post(path, **raw(portrait_bytes)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "media_type", ["text/plain", "application/json", "application/x-www-form-urlencoded", ""]
+)
+def test_a_body_that_does_not_say_it_is_an_image_is_422_saying_how_to_send_one(
+    client, portrait_bytes, media_type
+):
+    for path in RAW_PATHS:
+        response = client.post(path, **raw(portrait_bytes, media_type))
+        assert response.status_code == 422
+        assert "Content-Type: image/jpeg" in response.json()["detail"]
+        assert "multipart" in response.json()["detail"]
+
+
+def test_a_raw_body_over_the_size_limits_is_413(make_client, portrait_bytes):
+    with make_client(max_upload_bytes=len(portrait_bytes) - 1) as limited:
+        for path in RAW_PATHS:
+            response = limited.post(path, **raw(portrait_bytes))
+            assert response.status_code == 413
+            assert "the limit is" in response.json()["detail"]
+            big = b"\xff" * (len(portrait_bytes) + 1024 * 1024)  # over the body limit too
+            response = limited.post(path, **raw(big))
+            assert response.status_code == 413
+            assert "the request body is over the limit" in response.json()["detail"]
+            small = encode(np.full((40, 40), 128, np.uint8))
+            assert limited.post(path, **raw(small, "image/png")).status_code == 200
+
+
+def test_raw_bodies_over_real_http(model_path, portrait_bytes):
+    """Through uvicorn: keep-alive requests alternating raw and multipart get one answer, a
+    corrupt body its 4xx, and a body announced over the limit is refused before it is sent."""
+    with (
+        running_service(model_path, settings={"MAX_UPLOAD_BYTES": str(1024 * 1024)}) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        answers = [
+            http.post("/predict", **raw(portrait_bytes)).json(),
+            http.post("/predict", files={"file": portrait_bytes}).json(),
+            http.post("/predict", **raw(portrait_bytes)).json(),
+        ]
+        assert answers[0] == answers[1] == answers[2]
+        assert len(answers[0]["faces"]) == 1
+        corrupt = http.post("/predict", **raw(portrait_bytes[: len(portrait_bytes) // 2]))
+        assert corrupt.status_code == 400 and "corrupt" in corrupt.json()["detail"]
+        empty = http.post("/predict", **raw(b""))
+        assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+        over = http.post("/predict", **raw(b"\xff" * (2 * 1024 * 1024)))
+        assert over.status_code == 413 and "limit" in over.json()["detail"]
+        assert http.post("/predict", **raw(portrait_bytes)).status_code == 200

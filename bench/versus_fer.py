@@ -1,0 +1,259 @@
+"""This service over HTTP against the `fer` package in process, on the same photos, in one run.
+
+    python bench/versus_fer.py [--rounds 5] [--requests 100] [--baseline CHECKOUT]
+
+People compare this service with `fer` (a Haar cascade and a mini-Xception network, run in the
+caller's process). `fer` runs from its own environment, bench/.fer-venv (made on first use from
+bench/fer-requirements.txt: `fer` itself without the MTCNN and video extras it never imports
+for Haar), in one long-lived process that times each photo on request: JPEG bytes decoded by
+OpenCV, then `FER().detect_emotions`. The service (`python -m service`, default settings) is timed
+by one keep-alive client, with the photo posted as multipart and as a raw `image/jpeg` body, and
+by 16 closed-loop clients. With `--baseline`, the service of another checkout (e.g. a
+`git worktree add /tmp/baseline HEAD`) is measured in the same rounds, for an A/B.
+
+Photos: the real portrait (tests/data) at 256x256, and framed in a 640x480 photo. Each round
+measures every contender on every photo back to back; the figures are medians over rounds of
+each round's p50, so a change in the machine's load hits all alike. Writes
+bench/results/versus_fer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from serve_report import versions, write_results  # noqa: E402
+
+from tests.service.load import run_load  # noqa: E402
+from tests.service.photos import jpeg, scene  # noqa: E402
+from tests.service.server import service_process  # noqa: E402
+
+FER_VENV = REPO / "bench" / ".fer-venv"
+FER_REQUIREMENTS = REPO / "bench" / "fer-requirements.txt"
+FER_PACKAGE = "fer==25.10.3"
+"""Installed with --no-deps: its own requirements pull in torch (MTCNN) and video tools."""
+PHOTOS = {"portrait 256x256": (256, 256), "frame 640x480": (640, 480)}
+LOAD_CLIENTS = 16
+
+FER_WORKER = r"""
+import json, sys, time
+import cv2, numpy as np
+from fer.fer import FER
+detector = FER()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    request = json.loads(line)
+    data = np.frombuffer(open(request["path"], "rb").read(), np.uint8)
+    seconds, faces = [], 0
+    for index in range(request["warm_up"] + request["runs"]):
+        started = time.perf_counter()
+        found = detector.detect_emotions(cv2.imdecode(data, cv2.IMREAD_COLOR))
+        if index >= request["warm_up"]:
+            seconds.append(time.perf_counter() - started)
+        faces = len(found)
+    print(json.dumps({"seconds": seconds, "faces": faces}), flush=True)
+"""
+
+
+def fer_python() -> Path:
+    """bench/.fer-venv's Python, the environment made first if it is not there."""
+    python = FER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"making {FER_VENV} (once)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(FER_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "-r", str(FER_REQUIREMENTS)], check=True)
+        subprocess.run([*pip, "--no-deps", FER_PACKAGE], check=True)
+    return python
+
+
+class FerProcess:
+    """One `fer` process, kept for the whole run (TensorFlow takes seconds to start)."""
+
+    def __init__(self, python: Path) -> None:
+        self._process = subprocess.Popen(
+            [str(python), "-c", FER_WORKER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+        )
+        self._answer()
+
+    def time(self, path: Path, runs: int) -> tuple[list[float], int]:
+        request = {"path": str(path), "runs": runs, "warm_up": max(3, runs // 10)}
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        answer = self._answer()
+        return answer["seconds"], answer["faces"]
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fer process ended ({self._process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=20)
+
+
+@contextmanager
+def fer_process() -> Iterator[FerProcess]:
+    fer = FerProcess(fer_python())
+    try:
+        yield fer
+    finally:
+        fer.close()
+
+
+def http_times(url: str, photo: bytes, runs: int, raw: bool) -> tuple[list[float], int]:
+    """One keep-alive client, one request at a time: seconds per answer, and faces found."""
+    seconds, faces = [], 0
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for index in range(max(3, runs // 10) + runs):
+            started = time.perf_counter()
+            if raw:
+                response = http.post(
+                    "/predict", content=photo, headers={"Content-Type": "image/jpeg"}
+                )
+            else:
+                response = http.post("/predict", files={"file": ("photo.jpg", photo)})
+            elapsed = time.perf_counter() - started
+            response.raise_for_status()
+            if index >= max(3, runs // 10):
+                seconds.append(elapsed)
+            faces = len(response.json()["faces"])
+    return seconds, faces
+
+
+def takes_raw_body(url: str, files: dict[str, Path]) -> bool:
+    """Whether the service answers an `image/jpeg` body (a checkout from before it may not)."""
+    photo = next(iter(files.values())).read_bytes()
+    headers = {"Content-Type": "image/jpeg"}
+    return httpx.post(f"{url}/predict", content=photo, headers=headers, timeout=60).is_success
+
+
+def photos_per_second(url: str, photo: bytes, seconds: float) -> float:
+    run = run_load(url, [photo], clients=LOAD_CLIENTS, seconds=seconds)
+    return len(run.with_status(200)) / run.seconds
+
+
+def median_ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1000, 2)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {"machine": versions(), "rounds": args.rounds}
+    contenders = {"service": REPO}
+    if args.baseline:
+        contenders["baseline"] = args.baseline.resolve()
+    p50s: dict[str, dict[str, list[float]]] = {}
+    faces: dict[str, dict[str, int]] = {}
+    rates: dict[str, dict[str, list[float]]] = {}
+
+    def record(name: str, photo: str, seconds: list[float], found: int) -> None:
+        p50s.setdefault(name, {}).setdefault(photo, []).append(median_ms(seconds))
+        faces.setdefault(name, {})[photo] = found
+
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        files = {}
+        for photo, size in PHOTOS.items():
+            files[photo] = Path(folder) / f"{size[0]}x{size[1]}.jpg"
+            files[photo].write_bytes(jpeg(scene(*size)))
+        fer = stack.enter_context(fer_process())
+        urls = {
+            name: stack.enter_context(
+                service_process(None, cwd=checkout, settings={"LOG_LEVEL": "warning"})
+            ).url
+            for name, checkout in contenders.items()
+        }
+        raw_body = {name: takes_raw_body(url, files) for name, url in urls.items()}
+        for round_ in range(args.rounds):
+            for photo, path in files.items():
+                data = path.read_bytes()
+                record("fer, in process", photo, *fer.time(path, args.requests))
+                for name, url in urls.items():
+                    record(
+                        f"{name}, HTTP multipart",
+                        photo,
+                        *http_times(url, data, args.requests, False),
+                    )
+                    if raw_body[name]:
+                        record(
+                            f"{name}, HTTP raw body",
+                            photo,
+                            *http_times(url, data, args.requests, True),
+                        )
+                    rate = photos_per_second(url, data, args.load_seconds)
+                    rates.setdefault(name, {}).setdefault(photo, []).append(round(rate, 1))
+            print(f"round {round_ + 1} of {args.rounds} measured", file=sys.stderr, flush=True)
+    result["p50_ms"] = {
+        name: {photo: statistics.median(values) for photo, values in by_photo.items()}
+        for name, by_photo in p50s.items()
+    }
+    result["p50_ms_per_round"] = p50s
+    result["faces"] = faces
+    result["photos_per_s_16_clients"] = {
+        name: {photo: statistics.median(values) for photo, values in by_photo.items()}
+        for name, by_photo in rates.items()
+    }
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    fer = result["p50_ms"]["fer, in process"]
+    header = "| | " + " | ".join(PHOTOS) + " |"
+    lines = [header, "|---" * (len(PHOTOS) + 1) + "|"]
+    for name, by_photo in result["p50_ms"].items():
+        cells = []
+        for photo in PHOTOS:
+            ratio = by_photo[photo] / fer[photo]
+            faces = result["faces"][name][photo]
+            cells.append(f"{by_photo[photo]:.2f} ms ({ratio:.2f}x fer's, {faces} face)")
+        lines.append(f"| {name} (p50) | " + " | ".join(cells) + " |")
+    for name, by_photo in result["photos_per_s_16_clients"].items():
+        cells = [f"{by_photo[photo]:.1f}" for photo in PHOTOS]
+        lines.append(f"| {name}, photos/s, {LOAD_CLIENTS} clients | " + " | ".join(cells) + " |")
+    return (
+        f"{machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['date']} (load average "
+        f"before: {machine['load_average_before']}). Medians over {result['rounds']} rounds of "
+        "each round's p50; fer in its own process and environment (bench/.fer-venv), the service "
+        "over loopback HTTP, one keep-alive client.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=100, help="timed per photo and round")
+    parser.add_argument("--load-seconds", type=float, default=4.0, help="16 clients, per round")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure alike")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    result = measure(args)
+    report = markdown(result)
+    print(report)
+    write_results(args.out, "versus_fer", result, report)
+
+
+if __name__ == "__main__":
+    main()
