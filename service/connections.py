@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.metrics import CONNECTIONS_CLOSED
+from service.metrics import CONNECTIONS_CLOSED, CONNECTIONS_OPEN
 from service.settings import Settings
 
 
@@ -54,32 +54,36 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.max_header_bytes = settings.max_header_bytes
         self.max_connections = settings.max_connections
         self._header_timer: asyncio.TimerHandle | None = None
+        self._in_head = False
+        """Between the start of a request and the end of its headers."""
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        CONNECTIONS_OPEN.inc()
         self._await_headers()
         if len(self.connections) > self.max_connections:
             self._make_room()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_awaiting_headers()
+        CONNECTIONS_OPEN.dec()
         super().connection_lost(exc)
 
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        super().on_header(name, value)
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_begin()
 
     def data_received(self, data: bytes) -> None:
-        """Checked once the parser has taken the data: a head that arrives whole in one read is
-        bounded by the read's size, one that keeps arriving is cut here."""
+        """Counted once the parser has taken the data: a head that arrives whole in one read is
+        bounded by the read's size, one that keeps arriving is cut here. (A read that ends one
+        request's body and begins the next one's head counts whole: an overestimate by less
+        than a read.)"""
         super().data_received(data)
-        if self._header_timer is None or self.transport.is_closing():
+        if not self._in_head or self.transport.is_closing():
             return
+        self._head_bytes += len(data)
         if self._head_bytes > self.max_header_bytes:
             self._close(
                 "header_too_large",
@@ -90,8 +94,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._stop_awaiting_headers()
         super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        """The connection becomes a WebSocket, served by another protocol object from now on
+        (still counted against MAX_CONNECTIONS by uvicorn's own list of connections)."""
+        self._stop_awaiting_headers()
+        CONNECTIONS_OPEN.dec()
+        super().handle_websocket_upgrade()
 
     def on_response_complete(self) -> None:
         next_request_waiting = bool(self.pipeline)  # its headers are in: it starts now
@@ -101,7 +113,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _await_headers(self) -> None:
         self._stop_awaiting_headers()
-        self._head_bytes = 0
         self._header_timer = self.loop.call_later(self.header_timeout_seconds, self._timed_out)
         self._awaiting_headers[self] = None
 
@@ -113,7 +124,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _timed_out(self) -> None:
         answer = b""
-        if self._head_bytes:
+        if self._in_head:
             answer = _raw_answer(
                 "408 Request Timeout",
                 f"the request's headers did not arrive within {self.header_timeout_seconds:g} s "

@@ -88,6 +88,11 @@ SLOW_UPLOADS = Counter(
     "emotion_slow_uploads_cut",
     "Uploads cut off with 408 for arriving slower than MIN_UPLOAD_BYTES_PER_SECOND.",
 )
+CONNECTIONS_OPEN = Gauge(
+    "emotion_connections_open",
+    "HTTP connections open now (WebSockets aside), all processes together.",
+    multiprocess_mode="livesum",
+)
 CONNECTIONS_CLOSED = Counter(
     "emotion_connections_closed",
     "Connections the server closed itself, by reason: `header_timeout`, `header_too_large`, "

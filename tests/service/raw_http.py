@@ -1,4 +1,5 @@
-"""Uploads written byte by byte on a socket, to see what a server does before a body has arrived.
+"""Uploads written byte by byte on a socket, to see what a server does before a body has arrived;
+and the connections of slow or idle clients, for the tests and the hostile-clients benchmark.
 
 An HTTP client library sends the whole body before it reads the answer; these send a multipart
 upload's head and then its body piece by piece, watching for the server's answer between pieces,
@@ -10,6 +11,10 @@ from __future__ import annotations
 import json
 import select
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 BOUNDARY = "b0undary"
 PIECE = b"\xff" * 65536
@@ -79,3 +84,87 @@ def stream_until_answered(server: str, total: int, path: str = "/predict") -> tu
         assert answered, f"the server read the whole {total}-byte body"
         status, body = http_response(sock)
     return status, body, sent
+
+
+def open_upload(server: str, declared: int = 100_000, path: str = "/predict") -> socket.socket:
+    """A connection that has announced a `declared`-byte multipart upload and sent only the head
+    of its file part: an upload just begun, which the caller goes on sending (or not)."""
+    sock = _open(server)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n".encode()
+        + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n".encode()
+        + f"Content-Length: {declared}\r\n\r\n".encode()
+        + _multipart_head()
+    )
+    return sock
+
+
+@dataclass
+class Trickle:
+    """Uploads sent a byte at a time, and what the server did to each: the start of its answer
+    (`answers`, empty while none came) or its connection closed (`closed`)."""
+
+    sockets: list[socket.socket]
+    answers: list[bytes] = field(default_factory=list)
+    closed: list[bool] = field(default_factory=list)
+
+    @property
+    def cut(self) -> int:
+        """Uploads the server answered or closed."""
+        return sum(
+            bool(answer) or closed for answer, closed in zip(self.answers, self.closed, strict=True)
+        )
+
+    def statuses(self) -> list[int | None]:
+        return [int(answer.split()[1]) if answer else None for answer in self.answers]
+
+
+@contextmanager
+def trickling_uploads(server: str, count: int, every: float = 1.0) -> Iterator[Trickle]:
+    """`count` uploads begun (`open_upload`), each sent one more byte every `every` seconds from
+    a thread until the block ends or the server answers or closes it."""
+    trickle = Trickle([open_upload(server) for _ in range(count)])
+    trickle.answers = [b""] * count
+    trickle.closed = [False] * count
+    stop = threading.Event()
+
+    def send_bytes() -> None:
+        while not stop.wait(every):
+            for index, sock in enumerate(trickle.sockets):
+                if trickle.answers[index] or trickle.closed[index]:
+                    continue
+                try:
+                    if select.select([sock], [], [], 0)[0]:
+                        data = sock.recv(65536)
+                        trickle.answers[index] = data
+                        trickle.closed[index] = not data
+                        continue
+                    sock.sendall(b"\xff")
+                except OSError:
+                    trickle.closed[index] = True
+
+    sender = threading.Thread(target=send_bytes, name="trickle", daemon=True)
+    sender.start()
+    try:
+        yield trickle
+    finally:
+        stop.set()
+        sender.join()
+        for sock in trickle.sockets:
+            sock.close()
+
+
+@contextmanager
+def idle_connections(server: str, count: int, send: bytes = b"") -> Iterator[list[socket.socket]]:
+    """`count` connections that send `send` (the start of a request, or nothing) and then wait."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = _open(server)
+            if send:
+                sock.sendall(send)
+            sockets.append(sock)
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
