@@ -31,6 +31,7 @@ from serve_report import write_results  # noqa: E402
 from service.cpus import machine_description  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
 from training.export import convert, read_run, run_dataset  # noqa: E402
+from training.model import as_images, load_float32_classifier  # noqa: E402
 from training.quantize import (  # noqa: E402
     QuantizationRecipe,
     onnx_probabilities,
@@ -38,7 +39,6 @@ from training.quantize import (  # noqa: E402
     reference_probabilities,
 )
 from training.run_dir import shipped_weights  # noqa: E402
-from training.train import as_images, load_float32_classifier  # noqa: E402
 
 SHIPPED = QuantizationRecipe()
 RECIPES = {

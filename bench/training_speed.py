@@ -40,8 +40,9 @@ from serve_report import write_results  # noqa: E402
 from service.contract import LABELS  # noqa: E402
 from service.cpus import machine_description  # noqa: E402
 from training.config import DEFAULT_CONFIG, load_config  # noqa: E402
+from training.model import as_images  # noqa: E402
 from training.optimizer import compiled_trainer  # noqa: E402
-from training.train import as_images, cpu_has_bf16, one_hot  # noqa: E402
+from training.train import cpu_has_bf16, one_hot  # noqa: E402
 
 FER2013_TRAINING_FACES = 25_838
 """train/ less the 10 % validation split: what one epoch of the shipped recipe trains on."""

@@ -37,6 +37,13 @@ from service.contract import (
 from training.config import config_from_dict
 from training.data import Dataset, Split
 from training.errors import ExportError
+from training.model import (
+    as_images,
+    calibrated_probabilities,
+    load_float32_classifier,
+    logits_model,
+)
+from training.quantize import QuantizationRecipe, check_quantized, quantize_int8
 from training.run_dir import RUN_FILE, read_run_file, run_validation_split, shipped_weights
 
 log = logging.getLogger(__name__)
@@ -86,8 +93,6 @@ def convert(classifier, temperature: float, flip_tta: bool, opset: int):
     import tensorflow as tf
     import tf2onnx
 
-    from training.model import calibrated_probabilities, logits_model
-
     logits_fn = logits_model(classifier)
     signature = (tf.TensorSpec((None, *classifier.input_shape[1:]), tf.float32, name="image"),)
 
@@ -114,8 +119,6 @@ def _rename_output(model_proto, name: str) -> None:
 def check_parity(model_bytes: bytes, keras_reference, images: np.ndarray) -> float:
     """Max |Keras - onnxruntime| over real faces; refuses the export above the tolerance."""
     import onnxruntime as ort
-
-    from training.train import as_images
 
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     batch = as_images(images)
@@ -197,7 +200,6 @@ def export_run(
     `parity` faces check the float graph against Keras; `validation` calibrates and checks the
     int8 graph when the config asks for one (never test/: quantisation is a choice).
     """
-    from training.train import load_float32_classifier
 
     record = read_run(run_dir)
     config = config_from_dict(record["config"])
@@ -253,9 +255,6 @@ def export_run(
 def quantized(float_proto, validation: Split):
     """The int8 version of `float_proto`, carrying its check against float in the metadata."""
     import onnx
-
-    from training.quantize import QuantizationRecipe, check_quantized, quantize_int8
-    from training.train import as_images
 
     float_model = float_proto.SerializeToString()
     images = as_images(validation.x)

@@ -7,12 +7,15 @@ JAX on a GPU machine. Pixel scaling lives inside the model, so every model built
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
+import numpy as np
 from keras import layers
 
 from service.contract import INPUT_SIZE, LABELS
 from training.batch_norm import BatchNormalization
-from training.config import AugmentConfig, ModelConfig
+from training.config import AugmentConfig, Config, ModelConfig
 
 IMAGE_SHAPE = (INPUT_SIZE, INPUT_SIZE, 1)
 
@@ -135,3 +138,24 @@ def calibrated_probabilities(
 ) -> keras.KerasTensor:
     """The shipped prediction: shipped logits / temperature, softmax."""
     return keras.ops.softmax(shipped_logits(logits_fn, images, flip_tta) / temperature, axis=-1)
+
+
+def as_images(x: np.ndarray) -> np.ndarray:
+    """uint8 N x 48 x 48 -> float32 N x 48 x 48 x 1 raw pixels, the model's input."""
+    return x[..., None].astype(np.float32)
+
+
+def float32_classifier(config: Config) -> keras.Model:
+    """The classifier rebuilt in float32, for trained weights to be put into.
+
+    A graph traced under mixed_bfloat16 converts to ONNX ops that onnxruntime refuses; the same
+    architecture in float32 with the trained (float32-stored) weights converts cleanly.
+    """
+    keras.mixed_precision.set_dtype_policy("float32")
+    return build_classifier(config.model)
+
+
+def load_float32_classifier(config: Config, weights: Path) -> keras.Model:
+    classifier = float32_classifier(config)
+    classifier.load_weights(str(weights))
+    return classifier

@@ -9,7 +9,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import keras
 import numpy as np
@@ -17,10 +17,23 @@ import numpy as np
 from service.contract import LABELS
 from service.cpus import cpu_features, machine_description
 from training.averaging import batches, load_average, recompute_batch_norm
+from training.calibrate import fit_temperature
 from training.callbacks import make_callbacks
 from training.carry import restore_trimmed
 from training.config import Config, load_config
+from training.data import Dataset, Split, ValidationSplit, copies_of, load_dataset
+from training.distill import distilled_targets, load_teacher
 from training.errors import RunError, TeacherError
+from training.evaluate import evaluate_model
+from training.export import MODEL_FILE, can_export, code_version, export_run, stamp_metrics
+from training.model import (
+    as_images,
+    build_augmenter,
+    float32_classifier,
+    load_float32_classifier,
+    logits_model,
+    shipped_logits,
+)
 from training.optimizer import compiled_trainer, steps_per_epoch
 from training.run_dir import (
     AVERAGED_WEIGHTS,
@@ -39,9 +52,6 @@ from training.run_dir import (
     shipped_weights,
     write_run_file,
 )
-
-if TYPE_CHECKING:
-    from training.data import Dataset, Split, ValidationSplit
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +80,7 @@ def choose_precision(requested: str) -> str:
     if requested != "auto":
         return requested
     if keras.backend.backend() == "jax":
-        import jax
+        import jax  # deferred: installed only where Keras runs on it
 
         return "mixed_bfloat16" if jax.default_backend() == "gpu" else "float32"
     return "mixed_bfloat16" if cpu_has_bf16() else "float32"
@@ -81,7 +91,7 @@ def accelerator() -> str | None:
     machine's CPU says little about the run. TensorFlow here always trains on the CPU."""
     if keras.backend.backend() != "jax":
         return None
-    import jax
+    import jax  # deferred: installed only where Keras runs on it
 
     device = jax.devices()[0]
     return None if device.platform == "cpu" else f"{device.platform}: {device.device_kind}"
@@ -105,8 +115,6 @@ def training_targets(
     must not have trained on; a resumed run must find the very teacher it started with."""
     if not config.train.teacher:
         return one_hot(dataset.train.y), None
-    from training.distill import distilled_targets, load_teacher
-
     teacher = load_teacher(Path(config.train.teacher), dataset.train, split)
     started_with = recorded(out, "teacher", None)
     if started_with and started_with["model_id"] != teacher.model_id:
@@ -120,19 +128,12 @@ def training_targets(
     return targets, teacher.record()
 
 
-def as_images(x: np.ndarray) -> np.ndarray:
-    """uint8 N x 48 x 48 -> float32 N x 48 x 48 x 1 raw pixels, the model's input."""
-    return x[..., None].astype(np.float32)
-
-
 # --- after fitting: choose the shipped prediction on validation ---------------------------------
 
 
 def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> None:
     """Write the mean of the averaged epochs' weights, batch norm recomputed on the train faces
     augmented as in training (see `recompute_batch_norm`)."""
-    from training.model import build_augmenter
-
     classifier = float32_classifier(config)
     mean, epochs = load_average(out / WEIGHT_AVERAGE)
     classifier.set_weights(mean)
@@ -145,30 +146,10 @@ def average_classifier(config: Config, out: Path, train_images: np.ndarray) -> N
     )
 
 
-def float32_classifier(config: Config) -> keras.Model:
-    """The classifier rebuilt in float32, for trained weights to be put into.
-
-    A graph traced under mixed_bfloat16 converts to ONNX ops that onnxruntime refuses; the same
-    architecture in float32 with the trained (float32-stored) weights converts cleanly.
-    """
-    from training.model import build_classifier
-
-    keras.mixed_precision.set_dtype_policy("float32")
-    return build_classifier(config.model)
-
-
-def load_float32_classifier(config: Config, weights: Path) -> keras.Model:
-    classifier = float32_classifier(config)
-    classifier.load_weights(str(weights))
-    return classifier
-
-
 def validation_logits(
     classifier: keras.Model, x: np.ndarray, flip_tta: bool, batch_size: int = 256
 ) -> np.ndarray:
     """The shipped logits (see `model.shipped_logits`) of faces `x`, in batches."""
-    from training.model import logits_model, shipped_logits
-
     logits_fn = logits_model(classifier)
     logits = [
         keras.ops.convert_to_numpy(shipped_logits(logits_fn, as_images(batch), flip_tta))
@@ -189,9 +170,6 @@ def choose_prediction(
     model: docs/experiments.md, 2026-12-01). Flip averaging is still chosen on all of
     validation, so its accuracies compare with the curves'.
     """
-    from training.calibrate import fit_temperature
-    from training.data import copies_of
-
     plain = validation_logits(classifier, validation.x, flip_tta=False)
     averaged = validation_logits(classifier, validation.x, flip_tta=True)
     accuracy_plain = float((plain.argmax(1) == validation.y).mean())
@@ -262,9 +240,6 @@ def fit_and_ship(
     data: Path, out: Path, config: Config, seed: int, limit: int | None, resume: bool
 ) -> Path | None:
     """The run itself, in a directory this process holds: see `train`."""
-    from training.data import ValidationSplit, load_dataset
-    from training.export import code_version
-
     if resume:
         # Another file, even the same faces unpacked, would carve another validation split.
         dataset = run_validation_split(read_run_file(out)).load(Path(data))
@@ -347,9 +322,6 @@ def fit_and_ship(
             "best_validation_accuracy": best_logged_accuracy(out),
         },
     )
-
-    from training.evaluate import evaluate_model
-    from training.export import MODEL_FILE, can_export, export_run, stamp_metrics
 
     if not can_export():
         log.warning(

@@ -124,8 +124,7 @@ def test_a_run_with_weight_averaging_ships_the_average(
     assert load_average(out / WEIGHT_AVERAGE)[1] == [2, 3]
 
     from training.config import load_config
-    from training.model import calibrated_probabilities, logits_model
-    from training.train import load_float32_classifier
+    from training.model import calibrated_probabilities, load_float32_classifier, logits_model
 
     faces = read_splits(tiny_zip)[0]["test"].x[:8, ..., None].astype(np.float32)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
