@@ -32,7 +32,7 @@ from service.images import ImageLimits
 from service.model import EmotionModel
 from service.pages_policy import PagesPolicy
 from service.pipeline import EmotionPipeline
-from service.routes import annotated, page, predict, status, video
+from service.routes import annotated, page, predict, status, stream, video
 from service.routes import metrics as metrics_route
 from service.routes import model as model_route
 from service.security import ApiKeyGate, require_api_key
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
     app.include_router(predict.router, dependencies=protected)
     app.include_router(annotated.router, dependencies=protected)
     app.include_router(video.router, dependencies=protected)
+    app.include_router(stream.router)  # the key is checked inside: browsers send it as a message
     app.include_router(status.router)
     app.include_router(model_route.router, dependencies=protected)
     app.include_router(metrics_route.router, dependencies=protected)
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, model: EmotionModel | None = No
         predict.router,
         annotated.router,
         video.router,
+        stream.router,
         status.router,
         model_route.router,
         metrics_route.router,
