@@ -29,6 +29,9 @@ CREATED_KEY = "emotion_created"
 CODE_VERSION_KEY = "emotion_code_version"
 TRAINING_KEY = "emotion_training"
 QUANTIZATION_KEY = "emotion_quantization"
+ENSEMBLE_KEY = "emotion_ensemble"
+"""An ensemble's members (ids, weights, validation figures) and the validation split that chose
+them; absent from a single model."""
 
 CONTRACT_VERSION = 1
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from service.contract import (
     CONFIG_KEY,
     CREATED_KEY,
     DATASET_KEY,
+    ENSEMBLE_KEY,
     METRICS_KEY,
     ContractError,
     ModelContract,
@@ -49,6 +51,18 @@ class TrainingRecord:
     dataset_sha256: str | None = None
     created: str | None = None
     code_version: str | None = None
+    members: tuple[EnsembleMember, ...] | None = None
+    """An ensemble's members (`python -m training ensemble`); None for a single network."""
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """One network inside an ensemble, as the ensemble's metadata lists it."""
+
+    id: str
+    """sha256 of the member's own exported file."""
+    weight: float
+    validation_accuracy: float | None
 
 
 @dataclass
@@ -207,7 +221,41 @@ def _training_record(metadata: dict[str, str]) -> TrainingRecord:
         dataset_sha256=metadata.get(DATASET_KEY),
         created=metadata.get(CREATED_KEY),
         code_version=metadata.get(CODE_VERSION_KEY),
+        members=_ensemble_members(metadata),
     )
+
+
+def _ensemble_members(metadata: dict[str, str]) -> tuple[EnsembleMember, ...] | None:
+    """The members an ensemble lists; informational, so a malformed list is logged and absent."""
+    ensemble = _json_object(metadata, ENSEMBLE_KEY)
+    if ensemble is None:
+        return None
+    try:
+        return tuple(
+            EnsembleMember(
+                id=str(member["id"]),
+                weight=_finite(member["weight"]),
+                validation_accuracy=_optional_float(
+                    (member.get("validation") or {}).get("accuracy")
+                ),
+            )
+            for member in ensemble["members"]
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        log.warning("model metadata '%s' lists no readable members (%r)", ENSEMBLE_KEY, error)
+        return None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else _finite(value)
+
+
+def _finite(value: Any) -> float:
+    """A number JSON can carry back to a client (NaN and infinities cannot)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def _json_object(metadata: dict[str, str], key: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.contract import LABELS
+from service.model_file import ModelFileState
 
 Emotion = Literal["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 assert get_args(Emotion) == LABELS, "Emotion must list the contract's labels in order"
@@ -172,6 +173,17 @@ class ContractInfo(BaseModel):
     version: int = Field(examples=[1])
 
 
+class EnsembleMemberInfo(BaseModel):
+    """One network of an ensemble: its answers are weighted by `weight` inside the one graph."""
+
+    id: str = Field(description="sha256 of the member's own exported ONNX file.")
+    weight: float = Field(description="Its share of the ensemble's average.", examples=[0.5])
+    validation_accuracy: float | None = Field(
+        description="The member's own accuracy on the validation faces that chose the weights.",
+        examples=[0.699],
+    )
+
+
 class ModelInfo(BaseModel):
     id: str = Field(description="sha256 of the ONNX file.")
     labels: list[Emotion] = Field(description="The emotions, in the model's output order.")
@@ -190,3 +202,13 @@ class ModelInfo(BaseModel):
     dataset_sha256: str | None = Field(description="sha256 of the training data, if recorded.")
     created: str | None = Field(description="When the artifact was exported, if recorded.")
     code_version: str | None = Field(description="Code version that trained it, if recorded.")
+    file_on_disk: ModelFileState = Field(
+        description="Whether MODEL_PATH still holds the file served: `unchanged`, `replaced` "
+        "(other bytes) or `missing`. The service keeps serving the model it loaded at start "
+        "either way; a restart loads (or fails on) what is there now.",
+        examples=["unchanged"],
+    )
+    members: list[EnsembleMemberInfo] | None = Field(
+        default=None,
+        description="The networks an ensemble averages, with their weights; null for one network.",
+    )

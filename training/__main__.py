@@ -1,5 +1,6 @@
-"""`python -m training download | train | trim | status | evaluate | export | compare`: from data
-to a servable model, and the choice of which model to ship."""
+"""`python -m training download | train | trim | status | evaluate | export | compare |
+ensemble`: from data to a servable model, and the choice of which model (or ensemble of models)
+to ship."""
 
 from __future__ import annotations
 
@@ -79,6 +80,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     compare.add_argument("models", type=Path, nargs="+", help="exported emotion.onnx files")
     compare.add_argument("--data", type=Path, required=True, help="the data they were trained on")
+
+    ensemble = commands.add_parser(
+        "ensemble",
+        help="combine exported members into one emotion.onnx, weights chosen on validation",
+    )
+    ensemble.add_argument("members", type=Path, nargs="+", help="exported emotion.onnx files")
+    ensemble.add_argument("--data", type=Path, required=True, help="the data they were trained on")
+    ensemble.add_argument(
+        "--out", type=Path, required=True, help="the ensemble's .onnx (ensemble.json goes beside)"
+    )
+    ensemble.add_argument(
+        "--rounds", type=int, default=20, help="greedy selection rounds (with replacement)"
+    )
+    ensemble.add_argument(
+        "--combine",
+        choices=["auto", "logits", "probabilities"],
+        default="auto",
+        help="average members' logits or probabilities (auto: whichever validation prefers)",
+    )
+    ensemble.add_argument(
+        "--equal-weights",
+        action="store_true",
+        help="keep every member with equal weight instead of selecting on validation",
+    )
+    ensemble.add_argument("--no-quantize", action="store_true", help="leave float members in float")
     return parser.parse_args(argv)
 
 
@@ -142,6 +168,19 @@ def run(args: argparse.Namespace) -> None:
         from training.compare import compare, report
 
         print(report(compare(args.models, args.data)))
+    elif args.command == "ensemble":
+        from training.ensemble import COMBINES, ensemble, report
+
+        result = ensemble(
+            args.members,
+            args.data,
+            args.out,
+            rounds=args.rounds,
+            combines=COMBINES if args.combine == "auto" else (args.combine,),
+            equal_weights=args.equal_weights,
+            quantize=not args.no_quantize,
+        )
+        print(report(result))
 
 
 def main(argv: list[str] | None = None) -> int:

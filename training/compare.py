@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.contract import CONFIG_KEY, DATASET_KEY, TRAINING_KEY
+from service.contract import CONFIG_KEY, DATASET_KEY, ENSEMBLE_KEY, TRAINING_KEY
 from service.model import EmotionModel
 from training.data import Split, ValidationSplit, copies_of
 from training.errors import CompareError
@@ -44,6 +44,8 @@ class Score:
     ece: float
     correct: np.ndarray
     """Per compared face, whether the model's top answer is its label (for McNemar)."""
+    members: int = 1
+    """Networks in the model: more than one for an ensemble (`python -m training ensemble`)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Difference:
 def validation_split_of(model: EmotionModel) -> ValidationSplit:
     """The split a model was validated on, from the record its export wrote into it."""
     metadata = model.session.get_modelmeta().custom_metadata_map
+    if ENSEMBLE_KEY in metadata:
+        return ensemble_split(model, metadata[ENSEMBLE_KEY])
     missing = [key for key in (TRAINING_KEY, CONFIG_KEY, DATASET_KEY) if key not in metadata]
     if missing:
         raise CompareError(
@@ -91,6 +95,17 @@ def validation_split_of(model: EmotionModel) -> ValidationSplit:
     )
     if not well_typed:
         raise CompareError(f"{model.path}: its training record is unreadable ({split})")
+    return split
+
+
+def ensemble_split(model: EmotionModel, recorded: str) -> ValidationSplit:
+    """The split an ensemble's members shared, which chose its weights."""
+    try:
+        split = ValidationSplit(**json.loads(recorded)["split"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise CompareError(
+            f"{model.path}: its ensemble record is unreadable ({error!r})"
+        ) from error
     return split
 
 
@@ -135,6 +150,7 @@ def score(model: EmotionModel, faces: np.ndarray, labels: np.ndarray) -> Score:
         nll=float(-np.log(np.maximum(chosen, 1e-12)).mean()),
         ece=metrics["expected_calibration_error"],
         correct=probabilities.argmax(axis=1) == labels,
+        members=len(model.training.members or ()) or 1,
     )
 
 
@@ -185,6 +201,7 @@ def report(comparison: Comparison) -> str:
         lines.append(
             f"{rank:<5}{s.accuracy:>9.4f}{s.macro_f1:>10.4f}{s.nll:>8.4f}{s.ece:>8.4f}  "
             f"{s.model_id[:12]:<13} {s.path}"
+            + (f" (ensemble of {s.members})" if s.members > 1 else "")
         )
     for rank, other in enumerate(scores[1:], start=2):
         d = mcnemar(scores[0], other)

@@ -23,6 +23,11 @@ class TeacherError(Exception):
     """A distillation teacher that this run cannot learn from; the message says why."""
 
 
+class EnsembleError(Exception):
+    """Members that cannot be combined fairly (other validation faces, another contract), or an
+    ensemble graph that failed its parity check; nothing was written."""
+
+
 class ExportError(Exception):
     """The export failed a check (parity, contract); the model was not written."""
 
@@ -33,6 +38,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ContractError,
     DataError,
     DownloadError,
+    EnsembleError,
     ExportError,
     ModelError,
     RunError,

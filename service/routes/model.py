@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter
 
 from service.deps import ModelDep
-from service.schemas import ContractInfo, ErrorDetail, ModelInfo
+from service.model_file import model_file_state
+from service.schemas import ContractInfo, EnsembleMemberInfo, ErrorDetail, ModelInfo
 
 router = APIRouter(tags=["status"])
 
@@ -18,7 +20,8 @@ router = APIRouter(tags=["status"])
 async def model_info(model: ModelDep) -> ModelInfo:
     """The model being served: its labels in output order, input shape, id (sha256 of the ONNX
     file, the same id every prediction carries), the preprocessing contract, and what training
-    recorded in the artifact (metrics, configuration, dataset hash, date, code version)."""
+    recorded in the artifact (metrics, configuration, dataset hash, date, code version), and, for an
+    ensemble, its members with their weights and validation accuracy."""
     contract = model.contract
     return ModelInfo(
         id=model.model_id,
@@ -35,4 +38,13 @@ async def model_info(model: ModelDep) -> ModelInfo:
         dataset_sha256=model.training.dataset_sha256,
         created=model.training.created,
         code_version=model.training.code_version,
+        file_on_disk=await anyio.to_thread.run_sync(model_file_state, model.path, model.model_id),
+        members=None
+        if model.training.members is None
+        else [
+            EnsembleMemberInfo(
+                id=member.id, weight=member.weight, validation_accuracy=member.validation_accuracy
+            )
+            for member in model.training.members
+        ],
     )

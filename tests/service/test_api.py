@@ -75,6 +75,35 @@ def test_model_metrics_are_null_when_the_artifact_has_none(make_client, tmp_path
     assert info["metrics"] is None and info["created"] is None
 
 
+@pytest.mark.parametrize(
+    ("members", "listed"),
+    [
+        (
+            [{"id": "a" * 64, "weight": 0.75, "validation": {"accuracy": 0.7}}],
+            [{"id": "a" * 64, "weight": 0.75, "validation_accuracy": 0.7}],
+        ),
+        ([{"id": "a" * 64, "weight": "NaN"}], None),  # JSON cannot carry it: reported absent
+        ([{"weight": 0.5}], None),
+        ("not a list", None),
+    ],
+)
+def test_model_lists_an_ensembles_members_and_survives_a_garbled_list(
+    make_client, tmp_path, members, listed
+):
+    import json
+
+    from service.contract import ENSEMBLE_KEY
+    from tests.service.onnx_models import build_emotion_model
+
+    path = build_emotion_model(
+        tmp_path / "ensemble.onnx", metadata={ENSEMBLE_KEY: json.dumps({"members": members})}
+    )
+    with make_client(model_path=path) as ensemble_client:
+        response = ensemble_client.get("/model")
+    assert response.status_code == 200
+    assert response.json()["members"] == listed
+
+
 def test_predict_finds_the_face_in_the_portrait(client, portrait_bytes, model_path):
     response = client.post("/predict", files={"file": ("portrait.jpg", portrait_bytes)})
     assert response.status_code == 200
