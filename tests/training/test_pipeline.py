@@ -20,6 +20,7 @@ import pytest
 
 from service.contract import LABELS, ModelContract
 from service.cpus import machine_description
+from tests.training.damage import float_weights_perturbed, last_layer_negated
 from training import export as export_module
 from training import quantize as quantize_module
 from training import train as train_module
@@ -273,25 +274,52 @@ def operators(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
+def damaged_float_graph(convert):
+    """`export.convert`, but the graph it hands back has noise on its weights while the Keras
+    reference stays the network's own."""
+
+    def converted(*args, **kwargs):
+        proto, reference = convert(*args, **kwargs)
+        float_weights_perturbed(proto)
+        return proto, reference
+
+    return converted
+
+
+def corrupted_int8_graph(quantize_int8):
+    """`quantize_int8`, but its last layer's int8 weights come out negated."""
+
+    def quantized(*args, **kwargs):
+        return last_layer_negated(quantize_int8(*args, **kwargs))
+
+    return quantized
+
+
 @pytest.mark.parametrize(
-    ("module", "setting", "message"),
+    ("module", "step", "damage", "message"),
     [
-        (export_module, "PARITY_TOLERANCE", "parity check failed"),
-        (quantize_module, "MAX_ACCURACY_LOSS", "int8 quantisation changed the model"),
+        (export_module, "convert", damaged_float_graph, "parity check failed"),
+        (
+            quantize_module,
+            "quantize_int8",
+            corrupted_int8_graph,
+            "int8 quantisation changed the model too much",
+        ),
     ],
+    ids=["float graph unlike Keras", "int8 graph unlike float"],
 )
-def test_export_refuses_to_write_a_model_that_fails_a_check(
+def test_export_refuses_to_write_a_damaged_graph(
     finished_run: Path,
     tiny_zip: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     module: object,
-    setting: str,
+    step: str,
+    damage,
     message: str,
 ) -> None:
     dataset = run_splits(finished_run, tiny_zip)
-    # A negative tolerance makes any difference, even none, a failure.
-    monkeypatch.setattr(module, setting, -1.0)
+    monkeypatch.setattr(module, step, damage(getattr(module, step)))
     with pytest.raises(ExportError, match=message):
         export_module.export_run(finished_run, tmp_path, dataset.test, dataset.validation)
     assert list(tmp_path.iterdir()) == []  # nothing half-written, no temporary left behind
