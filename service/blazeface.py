@@ -175,7 +175,7 @@ class BlazeFaceDetector:
         """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
         bottom, then left); square boxes, in pixels of `gray`."""
         height, width = gray.shape
-        found = [self._candidates(gray, size) for size in self.metadata.input_sizes]
+        found = [self._candidates(gray, size) for size in self.pass_sizes(height, width)]
         found += self._tile_candidates(gray)
         corners = np.concatenate([boxes for boxes, _ in found])
         if not len(corners):
@@ -199,6 +199,22 @@ class BlazeFaceDetector:
                 boxes.append(box)
         boxes.sort(key=lambda box: (-box.area, box.y, box.x))
         return boxes if max_faces is None else boxes[:max_faces]
+
+    def pass_sizes(self, height: int, width: int) -> list[int]:
+        """The input sizes the whole image is run at, largest first: the largest is sized to the
+        image, the others run only below it.
+
+        The largest input looks at the detection copy (the image shrunk to `max_side`) shrunk 2x
+        at most, as a tile does (`TILE_SPAN`): on a 640-pixel copy that is the full 320, but a
+        256-pixel portrait needs only 128 to be seen as closely, where 320 would enlarge it
+        (2.5x the work of 128 x 128, for faces the network sees no better). A smaller input adds
+        faces too large for the larger one, so it runs only where it is smaller."""
+        sizes = self.metadata.input_sizes
+        largest, smallest = max(sizes), min(sizes)
+        copy_side = min(max(height, width), self.max_side)
+        needed = STRIDE * math.ceil(copy_side * largest / TILE_SPAN / STRIDE)
+        first = max(smallest, min(largest, needed))
+        return [first, *sorted((size for size in sizes if size < first), reverse=True)]
 
     def _tile_candidates(self, gray: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """The first input size run on overlapping tiles, when the detection copy (`gray`
@@ -261,9 +277,13 @@ class BlazeFaceDetector:
 
     @staticmethod
     def _tensor(letterbox: np.ndarray) -> np.ndarray:
-        """The network's input: [1, size, size, 3] float32 in [-1, 1], gray on every channel."""
-        normalised = letterbox.astype(np.float32) * (1 / 127.5) - 1
-        return np.repeat(normalised[None, :, :, None], 3, axis=3)
+        """The network's input: [1, size, size, 3] float32 in [-1, 1], gray on every channel;
+        one table look-up per pixel makes all three channels at once."""
+        return _GRAY_TO_INPUT[letterbox][None]
+
+
+_GRAY_TO_INPUT = np.repeat((np.arange(256, dtype=np.float32) * (1 / 127.5) - 1)[:, None], 3, axis=1)
+"""Each gray level's value on the network's three input channels."""
 
 
 def _tile_span(index: int, count: int, length: int) -> tuple[int, int]:

@@ -177,3 +177,46 @@ def test_face_box_is_clipped_to_the_image(detector, portrait_gray):
         assert box.x >= 0 and box.y >= 0
         assert box.x + box.width <= cut.shape[1] and box.y + box.height <= cut.shape[0]
         assert isinstance(box, FaceBox)
+
+
+@pytest.mark.parametrize(
+    ("size", "passes"),
+    [
+        ((640, 480), [320, 128]),
+        ((1920, 1080), [320, 128]),
+        ((512, 512), [256, 128]),
+        ((427, 240), [224, 128]),
+        ((256, 256), [128]),
+        ((48, 48), [128]),
+    ],
+)
+def test_the_passes_are_sized_to_the_image(detector, size, passes):
+    """The largest input sees the detection copy shrunk 2x at most (as a tile does): a small
+    photo is not enlarged for it, and the smaller input runs only where it is smaller."""
+    width, height = size
+    assert detector.pass_sizes(height, width) == passes
+
+
+@pytest.mark.parametrize("side", [160, 256, 320])
+def test_small_portraits_still_show_their_one_face(detector, portrait_gray, side):
+    small = cv2.resize(portrait_gray, (side, side), interpolation=cv2.INTER_AREA)
+    (box,) = detector.detect(small)
+    scale = side / 512
+    assert abs(centre(box)[0] - FACE_CENTRE[0] * scale) < 10 * scale + 2
+    assert abs(centre(box)[1] - FACE_CENTRE[1] * scale) < 10 * scale + 2
+
+
+@pytest.mark.parametrize("fill", [0.5, 0.7, 0.9])
+def test_a_close_up_is_found_by_the_smaller_pass(detector, portrait_gray, fill):
+    """A close-up at 640 pixels: the face is `fill` of the frame, too large for the 320 input
+    (alone, it finds none of these); the smaller input, which runs beside it, finds it."""
+    side = round(106 / fill)  # the portrait's face box is ~106 px
+    x, y = FACE_CENTRE
+    top, left = max(0, y - side // 2), x - side // 2
+    close_up = cv2.resize(
+        portrait_gray[top : top + side, left : left + side], (640, 640), cv2.INTER_CUBIC
+    )
+    assert detector.pass_sizes(640, 640) == [320, 128]
+    (box,) = detector.detect(close_up)
+    assert abs(centre(box)[0] - 640 * (x - left) / side) < 64
+    assert abs(centre(box)[1] - 640 * (y - top) / side) < 64
