@@ -11,7 +11,8 @@ model's unseen validation faces and scored on the other half, both ways round, `
 so the figures are out-of-sample; `test/` is never read. The first row is the model as served.
 Prints accuracy, macro-F1, NLL and expected calibration error for each map, and the accuracy
 change against the model as served (mean and spread over the halves). Writes
-bench/results/calibration_maps.{json,md}. Takes about a minute on a 2-core machine.
+docs/studies/calibration_maps.{json,md}, beside the experiment log: a one-off study, whose
+decision is logged there. Takes about a minute on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="an exported emotion.onnx")
     parser.add_argument("--data", type=Path, required=True, help="the data its run trained on")
     parser.add_argument("--repeats", type=int, default=20, help="random half-splits to average")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "studies")
     args = parser.parse_args()
     model = load_model(args.model)
     faces, copies_left_out = unseen_validation(validation_split_of(model), args.data)

@@ -9,7 +9,7 @@ accuracy, the share of faces where int8 and float pick the same emotion, the fac
 won, and how often this CPU's int8 kernels compute what the int8 graph means (an 8-bit recipe
 falls short there on CPUs without VNNI; its "graph" column is what a VNNI CPU answers). The
 first row is what export ships. `--weights` measures another checkpoint of the run, such as its
-best epoch before the run has finished. Writes bench/results/quantization.{json,md}. Needs the
+best epoch before the run has finished. Writes docs/studies/quantization.{json,md}. Needs the
 training environment (TensorFlow converts the classifier); takes about 3 minutes a recipe on a
 2-core machine.
 """
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="a training run directory")
     parser.add_argument("--data", type=Path, required=True, help="the data the run trained on")
     parser.add_argument("--weights", type=Path, help="another checkpoint of the run's classifier")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "studies")
     args = parser.parse_args()
     validation = run_dataset(args.run, args.data).validation
     images = as_images(validation.x)
