@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -128,3 +129,15 @@ def _wait_until_ready(service: ServiceProcess, poll_seconds: float) -> None:
             pass
         time.sleep(poll_seconds)
     raise RuntimeError(f"the service was not ready at {service.url} after {STARTUP_SECONDS} s")
+
+
+def can_mount_privately(script: str) -> bool:
+    """Whether `script` (mount commands) runs in a private mount namespace of its own: it needs
+    Linux, `unshare`, and root or the capability to mount."""
+    if sys.platform != "linux" or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+    )
+    return probe.returncode == 0

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import pytest
 
 from service.uploads import DISK_FULL
 from tests.service.load import LoadRun, run_load
-from tests.service.server import ServiceProcess, service_process
+from tests.service.server import ServiceProcess, can_mount_privately, service_process
 from tests.service.test_slow_clients import metric
 
 LOAD_CLIENTS = 4
@@ -79,22 +78,8 @@ def test_a_worker_killed_under_load_fails_only_its_own_requests_and_is_replaced(
 
 
 def _can_mount_a_tmpfs() -> bool:
-    if sys.platform != "linux" or not shutil.which("unshare"):
-        return False
     with tempfile.TemporaryDirectory() as directory:
-        probe = subprocess.run(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f"mount -t tmpfs -o size=1m tmpfs {directory}",
-            ],
-            capture_output=True,
-        )
-    return probe.returncode == 0
+        return can_mount_privately(f"mount -t tmpfs -o size=1m tmpfs {directory}")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from service.security import API_KEY_HEADER, MISSING, WRONG
-from tests.service.server import free_port, running_service, service_env
+from tests.service.server import can_mount_privately, free_port, running_service, service_env
 from tests.service.test_limits import read_response, slow_upload
 from tests.service.test_serve_env import dockerfile_instructions
 
@@ -182,21 +182,7 @@ def test_compose_runs_the_api_read_only_unprivileged_with_only_a_tmpfs(repo_root
 
 
 def _can_make_a_read_only_root() -> bool:
-    if sys.platform != "linux" or not shutil.which("unshare") or not shutil.which("setpriv"):
-        return False
-    probe = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            "mount -o remount,bind,ro /",
-        ],
-        capture_output=True,
-    )
-    return probe.returncode == 0
+    return bool(shutil.which("setpriv")) and can_mount_privately("mount -o remount,bind,ro /")
 
 
 @pytest.mark.skipif(
