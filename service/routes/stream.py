@@ -170,6 +170,8 @@ class _Stream:
                 return
             if message["type"] == "websocket.disconnect":
                 return
+            if _key_in(message.get("text")) is not None:
+                continue  # a page sends its key whether the service needs one or not
             received += 1
             arrived = time.monotonic() - self.started
             self.slot.put(_Waiting(received, arrived, self._frame_bytes(message)))
