@@ -2,7 +2,8 @@
 #   make serve   run the service on the shipped model (http://127.0.0.1:8000; HOST/PORT override)
 #   make test    install what the tests need and run the whole suite (browser tests: Debian's
 #                chromium, `apt-get install chromium`; .ci/run installs it)
-#   make bench   measure the service (latency, throughput, memory...) into bench/results/
+#   make bench   measure the service (latency, throughput, memory...) and the `fer` package (in its
+#                own bench/.fer-venv, made on first use) into bench/results/
 # Installs are stamped: a second run with unchanged requirements installs nothing.
 
 PYTHON ?= python3.11
@@ -34,6 +35,7 @@ SOAK_REQUESTS ?= 10000
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/serve_bench.py --soak-requests $(SOAK_REQUESTS)
+	$(BIN)/python bench/versus_fer.py
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

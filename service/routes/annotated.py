@@ -10,7 +10,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from service.annotate import JPEG, PNG, MediaType, annotated_image
 from service.deps import PipelineDep
 from service.images import ImageRejected
-from service.routes.predict import UPLOAD_ERRORS, AnalysedImageDep, error_response
+from service.routes.predict import (
+    RAW_IMAGE_BODY,
+    UPLOAD_ERRORS,
+    AnalysedImageDep,
+    error_response,
+)
 
 router = APIRouter(tags=["emotions"])
 
@@ -66,6 +71,7 @@ ANNOTATED_RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="The image with the faces boxed and labelled",
     response_class=Response,
     responses=ANNOTATED_RESPONSES,
+    openapi_extra=RAW_IMAGE_BODY,
 )
 async def predict_annotated(
     media_type: MediaTypeDep, analysed: AnalysedImageDep, pipeline: PipelineDep

@@ -61,8 +61,8 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "the file is not a supported image: send JPEG, PNG, WebP, BMP or TIFF",
     ),
     422: error_response(
-        "A missing `file` field, a bad query parameter, or an absurd aspect ratio "
-        "(over MAX_ASPECT_RATIO).",
+        "No `file` field (nor an `image/*` body), a bad query parameter, or an absurd aspect "
+        "ratio (over MAX_ASPECT_RATIO).",
         "the image is 4000x100: its aspect ratio 40.0 is over the limit of 20",
     ),
     503: {
@@ -93,6 +93,18 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     503: UPLOAD_ERRORS.pop(503),
 }
 UPLOAD_ERRORS.update(COMMON_ERRORS)
+
+
+RAW_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        }
+    }
+}
+"""The other way to send the image, beside the multipart form FastAPI documents (`openapi_extra`
+of every one-image endpoint)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,7 @@ async def raw_image_body(request: Request) -> UploadFile:
     "/predict",
     summary="Emotions of the faces in one image",
     responses=UPLOAD_ERRORS,
+    openapi_extra=RAW_IMAGE_BODY,
 )
 async def predict(analysed: AnalysedImageDep) -> Prediction:
     """Every face in the image, largest first: where it is, the most probable emotion and the
