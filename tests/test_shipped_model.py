@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +18,18 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.contract import LABELS
 from service.model import EmotionModel
-from service.settings import Settings
+from service.settings import DEFAULT_FACE_DETECTOR_PATH, Settings
 from tests.conftest import DATA_DIR, REPO_ROOT
 
 SHIPPED = REPO_ROOT / "artifacts" / "emotion.onnx"
 FER2013 = REPO_ROOT.parent / "shared" / "data" / "fer2013.zip"
 
-pytestmark = pytest.mark.skipif(not SHIPPED.exists(), reason="no model shipped in artifacts/ yet")
+
+def test_the_product_ships_its_model_and_its_face_detector() -> None:
+    """Both are part of every clone: without either `make serve` cannot start, so their absence
+    is a failure here, not a reason to skip the tests that read them."""
+    for path in (SHIPPED, DEFAULT_FACE_DETECTOR_PATH):
+        assert Path(path).is_file(), f"{path} is missing: the product ships it in artifacts/"
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +37,35 @@ def shipped() -> EmotionModel:
     return EmotionModel.load(SHIPPED)
 
 
-def test_the_model_reads_fer2013_test_faces_far_above_chance(shipped: EmotionModel) -> None:
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
+
+
+PER_CLASS = 100
+"""PublicTest faces a class (all 56 of disgust): 656 faces, a second's inference."""
+
+
+def test_the_model_scores_on_real_test_faces_what_its_evidence_says(
+    shipped: EmotionModel, metrics: dict
+) -> None:
+    """On the first 100 PublicTest faces of each class, the accuracy that artifacts/metrics.json's
+    per-class recall predicts, within sampling error (about 0.02 here): a model that is not the
+    one evaluated, or one served wrongly, misses it."""
     if not FER2013.exists():
-        pytest.skip(f"FER2013 is not beside the project at {FER2013}")
+        pytest.skip(f"FER2013 is not in a clean clone; this test reads it at {FER2013}")
     from training.data import load_test_split
 
-    test = load_test_split(FER2013, limit=30)  # 30 a class, 210 faces: chance is 1/7
+    test = load_test_split(FER2013, limit=PER_CLASS)
     predicted = shipped.predict(test.x).argmax(axis=1)
     accuracy = float((predicted == test.y).mean())
-    assert accuracy > 0.45, f"accuracy {accuracy:.3f} on {len(test.y)} PublicTest faces"
-    assert len(np.unique(predicted)) >= 5  # not collapsed onto a couple of labels
+    counts = np.bincount(test.y, minlength=len(LABELS))
+    recall = np.array([metrics["per_class"][label]["recall"] for label in LABELS])
+    expected = float((counts * recall).sum() / counts.sum())
+    assert accuracy == pytest.approx(expected, abs=0.06), (
+        f"accuracy {accuracy:.3f} on {len(test.y)} PublicTest faces; metrics.json's recalls "
+        f"make {expected:.3f}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +112,15 @@ def test_the_readme_quotes_the_shipped_models_real_answer(portrait_answer: dict)
         assert quoted_face == pytest.approx(face, abs=KERNEL_TOLERANCE)
 
 
-def test_model_endpoint_reports_the_shipped_test_metrics(shipped: EmotionModel) -> None:
+def test_model_endpoint_reports_the_shipped_test_metrics(
+    shipped: EmotionModel, metrics: dict
+) -> None:
     app = create_app(Settings(model_path=SHIPPED))
     with TestClient(app) as client:
         described = client.get("/model").json()
     assert described["id"] == shipped.model_id
-    assert 0 < described["metrics"]["test"]["accuracy"] <= 1
+    assert described["metrics"]["test"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert described["contract"]["crop_margin"] == pytest.approx(1.05)
-
-
-@pytest.fixture(scope="module")
-def metrics() -> dict:
-    return json.loads((REPO_ROOT / "artifacts" / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="module")
