@@ -115,7 +115,12 @@ def test_batch_over_its_total_limit_is_413(make_client, portrait_bytes):
         assert "the request body is over the limit" in response.json()["detail"]
 
 
-def test_file_names_are_never_used_as_paths(client, portrait_bytes, tmp_path):
+def test_file_names_are_never_used_as_paths(client, portrait_bytes):
+    """Whatever the name, the answer is the upload's own: exactly the answer to the same bytes
+    under a plain name (a file read at that path would change it, or fail), and nothing of the
+    name or of a host file comes back."""
+    plain = client.post("/predict", files={"file": ("portrait.jpg", portrait_bytes)})
+    assert plain.status_code == 200 and len(plain.json()["faces"]) == 1
     for name in (
         "../../../../etc/passwd",
         "/dev/zero",
@@ -124,7 +129,9 @@ def test_file_names_are_never_used_as_paths(client, portrait_bytes, tmp_path):
         "a" * 200 + ".png",
     ):
         response = client.post("/predict", files={"file": (name, portrait_bytes)})
-        assert response.status_code == 200
+        assert response.status_code == 200, name
+        assert response.json() == plain.json(), name
+        assert "root:" not in response.text and "passwd" not in response.text
 
 
 def test_unknown_routes_and_methods_are_json_4xx(client):

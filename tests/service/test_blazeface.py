@@ -171,12 +171,17 @@ def test_the_setting_chooses_the_detector(make_client):
 
 
 def test_face_box_is_clipped_to_the_image(detector, portrait_gray):
-    """A face cut by the frame's edge still gets a box inside the image."""
-    cut = portrait_gray[:, 150:]  # the face's left part is gone
-    for box in detector.detect(cut):
-        assert box.x >= 0 and box.y >= 0
-        assert box.x + box.width <= cut.shape[1] and box.y + box.height <= cut.shape[0]
-        assert isinstance(box, FaceBox)
+    """A face cut by the frame's edge (the portrait's face spans about x 170 to 280) is still
+    found, once, and its box ends at the cut instead of running past it."""
+    left_gone = portrait_gray[:, 200:]
+    (box,) = detector.detect(left_gone)
+    assert isinstance(box, FaceBox)
+    assert box.x == 0 and box.width > 0 and box.y >= 0
+    assert box.y + box.height <= left_gone.shape[0]
+    right_gone = portrait_gray[:, :250]
+    (box,) = detector.detect(right_gone)
+    assert box.x > 0 and box.x + box.width == right_gone.shape[1]
+    assert box.y >= 0 and box.y + box.height <= right_gone.shape[0]
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,17 @@ def test_whole_image_is_centred_in_a_square_without_distortion(portrait_gray):
 
 
 def test_tiny_faces_are_enlarged():
-    gray = np.full((20, 20), 90, np.uint8)
+    """A 10-pixel face in a 20-pixel image where every pixel is 10 x column + 4 x row: the crop
+    is the box's pixels alone (10*5 + 4*5 = 70 at its top-left, 10*14 + 4*14 = 196 at its
+    bottom-right, nothing of the image around it), enlarged smoothly: rising along every row and
+    down every column (to within the interpolation's rounding)."""
+    rows, columns = np.mgrid[0:20, 0:20]
+    gray = (10 * columns + 4 * rows).astype(np.uint8)
     crop = crop_face(gray, FaceBox(5, 5, 10, 10), margin=1.0, size=48)
     assert crop.shape == (48, 48)
-    assert np.all(crop == 90)
+    assert crop[0, 0] == 70 and crop[-1, -1] == 196
+    assert crop.min() == 70 and crop.max() == 196
+    assert np.diff(crop.astype(int), axis=1).min() >= -1
+    assert np.diff(crop.astype(int), axis=0).min() >= -1
+    assert crop[0, -1] - crop[0, 0] == 10 * 9 and crop[-1, 0] - crop[0, 0] == 4 * 9
+    assert len(np.unique(crop[0])) > 10  # enlarged, not one pixel repeated
