@@ -36,6 +36,7 @@ SOAK_REQUESTS ?= 10000
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/serve_bench.py --soak-requests $(SOAK_REQUESTS)
 	$(BIN)/python bench/versus_fer.py
+	$(BIN)/python bench/hostile_clients.py
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections import deque
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -57,6 +58,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         """Between the start of a request and the end of its headers."""
         self._head_bytes = 0
+        self._late = False
+        """Its headers timed out; it waits its turn to be closed."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -95,6 +98,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._late = False
         self._stop_awaiting_headers()
         super().on_headers_complete()
 
@@ -123,6 +127,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._awaiting_headers.pop(self, None)
 
     def _timed_out(self) -> None:
+        self._stop_awaiting_headers()
+        self._late = True
+        _closing_in_turns.add(self)
+
+    def close_timed_out(self) -> None:
+        if not self._late:  # its headers came in while it waited its turn
+            return
         answer = b""
         if self._in_head:
             answer = _raw_answer(
@@ -147,6 +158,33 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if answer:
                 self.transport.write(answer)
             self.transport.close()
+
+
+class _ClosingInTurns:
+    """Connections whose headers timed out, closed `PER_TURN` per turn of the event loop.
+
+    Thousands of connections opened together time out together; closing them all in one turn
+    (a write and a close each) would hold up every request for that long. Between turns the loop
+    reads and answers the others."""
+
+    PER_TURN = 100
+
+    def __init__(self) -> None:
+        self._waiting: deque[GuardedHttpProtocol] = deque()
+
+    def add(self, connection: GuardedHttpProtocol) -> None:
+        if not self._waiting:
+            connection.loop.call_soon(self._close_some, connection.loop)
+        self._waiting.append(connection)
+
+    def _close_some(self, loop: asyncio.AbstractEventLoop) -> None:
+        for _ in range(min(self.PER_TURN, len(self._waiting))):
+            self._waiting.popleft().close_timed_out()
+        if self._waiting:
+            loop.call_soon(self._close_some, loop)
+
+
+_closing_in_turns = _ClosingInTurns()
 
 
 @functools.cache
