@@ -90,6 +90,27 @@ class EmotionPipeline:
         ]
         return [answer for answer in self._classify(found) if isinstance(answer, Prediction)]
 
+    def predict_at(self, image: DecodedImage, boxes: Sequence[FaceBox]) -> Prediction:
+        """The faces at `boxes` (pixels of the full upright image), without detection: a video's
+        faces between two detections, where its tracker already knows where they are. The same
+        crops and inference as every other answer."""
+        gray, size = image.pixels, self.model.contract.input_size
+        full_shape = (image.height, image.width)
+        with stage("crop"):
+            crops = [
+                crop_face(
+                    gray,
+                    box.rescaled(full_shape, gray.shape),
+                    margin=self.model.contract.crop_margin,
+                    size=size,
+                )
+                for box in boxes
+            ]
+        faces = _FacesInImage(image.width, image.height, list(boxes), True, crops, len(boxes))
+        (answer,) = self._classify([faces])
+        assert isinstance(answer, Prediction)
+        return answer
+
     def _classify(self, found: list[_FacesInImage | FileError]) -> list[Prediction | FileError]:
         crops = [
             crop for image in found if isinstance(image, _FacesInImage) for crop in image.crops

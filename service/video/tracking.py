@@ -59,17 +59,27 @@ class Track:
     """Centre x, centre y, width, height when last seen."""
     seen_at: float
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
-    """Change of `state` per second."""
+    """Change of `state` per second, measured between detections."""
+    measured: tuple[np.ndarray, float] | None = None
+    """The last state a detector measured, and when: velocities are measured from it, so the
+    boxes predicted in between (`measured=False`) never feed back into the motion model."""
+
+    def __post_init__(self) -> None:
+        if self.measured is None:
+            self.measured = (self.state, self.seen_at)
 
     def predicted(self, time: float) -> BoxTuple:
         return _box(self.state + self.velocity * (time - self.seen_at))
 
-    def observe(self, box: BoxTuple, time: float) -> None:
+    def observe(self, box: BoxTuple, time: float, measured: bool = True) -> None:
         state = _centre_size(box)
-        elapsed = time - self.seen_at
-        if elapsed > 0:
-            measured = (state - self.state) / elapsed
-            self.velocity = VELOCITY_MEMORY * self.velocity + (1 - VELOCITY_MEMORY) * measured
+        if measured:
+            assert self.measured is not None
+            last_state, last_time = self.measured
+            if time > last_time:
+                change = (state - last_state) / (time - last_time)
+                self.velocity = VELOCITY_MEMORY * self.velocity + (1 - VELOCITY_MEMORY) * change
+            self.measured = (state, time)
         self.state, self.seen_at = state, time
 
 
@@ -84,8 +94,9 @@ class FaceTracker:
     tracks: list[Track] = field(default_factory=list)
     _next_id: int = 1
 
-    def update(self, time: float, boxes: Sequence[BoxTuple]) -> list[int]:
-        """The track id of each box of the frame at `time` (seconds, increasing), in order."""
+    def update(self, time: float, boxes: Sequence[BoxTuple], measured: bool = True) -> list[int]:
+        """The track id of each box of the frame at `time` (seconds, increasing), in order.
+        `measured`: the boxes come from the detector, not from the tracks' own predictions."""
         self.tracks = [
             track for track in self.tracks if time - track.seen_at <= self.max_missing_seconds
         ]
@@ -104,7 +115,7 @@ class FaceTracker:
             if t in taken or ids[b] is not None:
                 continue
             taken.add(t)
-            self.tracks[t].observe(boxes[b], time)
+            self.tracks[t].observe(boxes[b], time, measured)
             ids[b] = self.tracks[t].id
         for b, box in enumerate(boxes):
             if ids[b] is None:

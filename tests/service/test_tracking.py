@@ -97,3 +97,18 @@ def test_forget_drops_ended_tracks() -> None:
     smoother.smooth(2, 0.0, np.eye(7)[1])
     smoother.forget([2])
     assert np.array_equal(smoother.smooth(1, 0.1, np.eye(7)[4]), np.eye(7)[4])
+
+
+def test_predicted_boxes_never_feed_the_motion_model():
+    """Boxes the tracker predicted itself (between detections) move the track, but the velocity
+    is measured between detections only: a detector's jitter over one frame is not a motion."""
+    tracker = FaceTracker()
+    tracker.update(0.0, [(100, 100, 60, 60)])
+    tracker.update(0.1, [(110, 100, 60, 60)])  # 100 pixels a second, measured
+    (track,) = tracker.tracks
+    velocity = track.velocity.copy()
+    tracker.update(0.133, [track.predicted(0.133)], measured=False)
+    assert np.array_equal(track.velocity, velocity)
+    tracker.update(0.2, [(120, 100, 60, 60)])  # on course since the last detection
+    # Half the last estimate (50), half the 100 pixels a second measured since 0.1 s.
+    assert track.velocity[0] == pytest.approx(75)
