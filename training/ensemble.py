@@ -273,6 +273,12 @@ def answers(member: Member, images: np.ndarray) -> Answers:
     return Answers(logits, probabilities)
 
 
+def graph_input(faces: np.ndarray) -> np.ndarray:
+    """uint8 N x 48 x 48 faces -> the graph's float32 N x 48 x 48 x 1 raw pixels (without
+    importing Keras, which `training.train` does for its own copy of this)."""
+    return faces[..., None].astype(np.float32)
+
+
 def flipped(images: np.ndarray) -> np.ndarray:
     """Mirror images (N x H x W x C) left to right."""
     return np.ascontiguousarray(images[:, :, ::-1])
@@ -609,9 +615,8 @@ def quantized_member(member: Member, faces: Split) -> tuple[Member, dict[str, An
     import onnx
 
     from training.quantize import check_quantized, quantize_int8
-    from training.train import as_images
 
-    images = as_images(faces.x)
+    images = graph_input(faces.x)
     float_model = member.proto.SerializeToString()
     try:
         int8_model = quantize_int8(float_model, images)
@@ -644,15 +649,16 @@ def ensemble(
     """Build, check and write the ensemble of the models at `paths` to `out`."""
     from training.compare import unseen_validation
     from training.export import code_version, set_metadata, write_atomically
-    from training.train import as_images
 
     if not paths:
         raise EnsembleError("name at least one member")
+    if rounds < 1:
+        raise EnsembleError(f"--rounds must be at least 1, got {rounds}")
     candidates = distinct([load_member(Path(path)) for path in paths])
     split, contract = check_members(candidates)
     members = candidates
     faces, copies_left_out = unseen_validation(split, data)
-    images = as_images(faces.x)
+    images = graph_input(faces.x)
     log.info(
         "%d candidate members on %d validation faces (%s)",
         len(members),
@@ -692,6 +698,7 @@ def ensemble(
             for m, figures in zip(candidates, alone, strict=True)
         ],
         "selection": {
+            "method": "equal weights, in the order given" if equal_weights else "greedy",
             "rounds": len(choice.steps),
             "chosen_round": choice.chosen_round,
             "by_combine": choice.by_combine,
@@ -768,9 +775,7 @@ def member_figures(member: Answers, labels: np.ndarray) -> dict[str, float]:
 
 def quantize_where_free(members, plain, mirrored, choice: Choice, faces: Split):
     """Float members in int8 where the guards pass and the ensemble loses no validation accuracy."""
-    from training.train import as_images
-
-    images = as_images(faces.x)
+    images = graph_input(faces.x)
     trial_members, trial_plain, trial_mirrored, reports = [], [], [], {}
     for member, p, m in zip(members, plain, mirrored, strict=True):
         quantized = None if member.int8 else quantized_member(member, faces)
@@ -853,7 +858,7 @@ def report(result: Result) -> str:
         )
     lines += [
         "",
-        f"greedy rounds ({selection['combine']}):",
+        f"{selection['method']} ({selection['combine']} averaged):",
         f"{'round':<7}{'members':>8}{'accuracy':>10}{'NLL':>8}  added",
     ]
     chosen = selection["chosen_round"]

@@ -40,7 +40,7 @@ from training.ensemble import (
     reference_probabilities,
 )
 from training.errors import EnsembleError
-from training.export import run_dataset
+from training.export import export_run, run_dataset
 from training.train import as_images, train
 
 MEMBER_CONFIG = """
@@ -248,7 +248,8 @@ def test_one_member_given_twice_is_one_member(
                  "--out", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "greedy rounds" in printed and "parity" in printed
+    assert "greedy (logits averaged)" in printed or "greedy (probabilities averaged)" in printed
+    assert "parity" in printed
     (member,) = json.loads(metadata_of(out)[ENSEMBLE_KEY])["members"]
     assert member["weight"] == 1.0
     assert member["id"] == hashlib.sha256(members[0].read_bytes()).hexdigest()
@@ -309,3 +310,33 @@ def test_the_service_lists_the_members_over_http(
     assert info["metrics"]["validation"]["accuracy"] == pytest.approx(
         json.loads(metadata_of(Path(model))[ENSEMBLE_KEY])["validation"]["accuracy"]
     )
+
+
+def float_member(run: Path, data: Path, out: Path) -> Path:
+    """The run exported again without int8 quantisation."""
+    copied = out / "run"
+    shutil.copytree(run, copied)
+    record = json.loads((copied / "run.json").read_text())
+    record["config"]["export"]["quantize"] = "none"
+    (copied / "run.json").write_text(json.dumps(record))
+    dataset = run_dataset(copied, data)
+    return export_run(copied, out, dataset.test, dataset.validation)
+
+
+def test_float_members_go_int8_only_where_validation_loses_nothing(
+    runs: list[Path], member_data: Path, tmp_path: Path
+) -> None:
+    member = float_member(runs[0], member_data, tmp_path)
+    assert not load_member(member).int8
+    result = ensemble([member], member_data, tmp_path / "emotion.onnx")
+    quantization = result.evidence["quantization"]
+    (listed,) = result.evidence["members"]
+    operators = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    if listed["quantization"] == "int8":
+        assert "QuantizeLinear" in operators
+        assert quantization["int8_accuracy"] >= quantization["float_accuracy"]
+        assert quantization["checks"][listed["id"]]["kernel_agreement"] >= 0.99
+    else:
+        assert "QuantizeLinear" not in operators
+    # Either way, the graph written answers as its members one by one.
+    assert result.evidence["parity"]["max_difference"] <= 1e-4
