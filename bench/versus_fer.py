@@ -26,12 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,7 +43,7 @@ from serve_report import versions, write_results  # noqa: E402
 
 from tests.service.load import run_load  # noqa: E402
 from tests.service.photos import jpeg, scene  # noqa: E402
-from tests.service.server import service_process  # noqa: E402
+from tests.service.server import ServiceProcess, service_process  # noqa: E402
 
 FER_VENV = REPO / "bench" / ".fer-venv"
 FER_REQUIREMENTS = REPO / "bench" / "fer-requirements.txt"
@@ -48,6 +51,7 @@ FER_PACKAGE = "fer==25.10.3"
 """Installed with --no-deps: its own requirements pull in torch (MTCNN) and video tools."""
 PHOTOS = {"portrait 256x256": (256, 256), "frame 640x480": (640, 480)}
 LOAD_CLIENTS = 16
+FER = "fer, in process"
 
 FER_WORKER = r"""
 import json, sys, time
@@ -58,15 +62,27 @@ print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     request = json.loads(line)
     data = np.frombuffer(open(request["path"], "rb").read(), np.uint8)
-    seconds, faces = [], 0
+    seconds, cpu, faces = [], 0.0, 0
     for index in range(request["warm_up"] + request["runs"]):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         found = detector.detect_emotions(cv2.imdecode(data, cv2.IMREAD_COLOR))
         if index >= request["warm_up"]:
             seconds.append(time.perf_counter() - started)
+            cpu += time.process_time() - cpu_started
         faces = len(found)
-    print(json.dumps({"seconds": seconds, "faces": faces}), flush=True)
+    answer = {"seconds": seconds, "cpu_per_photo": cpu / request["runs"], "faces": faces}
+    print(json.dumps(answer), flush=True)
 """
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Photos answered one after another: each one's wall time, the CPU time a photo took (all
+    the threads of the process that did the work: fer's, or the server's), the faces found."""
+
+    seconds: list[float]
+    cpu_per_photo: float
+    faces: int
 
 
 def fer_python() -> Path:
@@ -95,13 +111,12 @@ class FerProcess:
         )
         self._answer()
 
-    def time(self, path: Path, runs: int) -> tuple[list[float], int]:
+    def time(self, path: Path, runs: int) -> Timing:
         request = {"path": str(path), "runs": runs, "warm_up": max(3, runs // 10)}
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(request) + "\n")
         self._process.stdin.flush()
-        answer = self._answer()
-        return answer["seconds"], answer["faces"]
+        return Timing(**self._answer())
 
     def _answer(self) -> dict[str, Any]:
         assert self._process.stdout is not None
@@ -124,11 +139,15 @@ def fer_process() -> Iterator[FerProcess]:
         fer.close()
 
 
-def http_times(url: str, photo: bytes, runs: int, raw: bool) -> tuple[list[float], int]:
-    """One keep-alive client, one request at a time: seconds per answer, and faces found."""
+def http_times(service: ServiceProcess, photo: bytes, runs: int, raw: bool) -> Timing:
+    """One keep-alive client, one request at a time."""
     seconds, faces = [], 0
-    with httpx.Client(base_url=url, timeout=60) as http:
-        for index in range(max(3, runs // 10) + runs):
+    server = psutil.Process(service.process.pid)
+    warm_up = max(3, runs // 10)
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        for index in range(warm_up + runs):
+            if index == warm_up:
+                cpu_started = sum(server.cpu_times()[:2])
             started = time.perf_counter()
             if raw:
                 response = http.post(
@@ -138,10 +157,10 @@ def http_times(url: str, photo: bytes, runs: int, raw: bool) -> tuple[list[float
                 response = http.post("/predict", files={"file": ("photo.jpg", photo)})
             elapsed = time.perf_counter() - started
             response.raise_for_status()
-            if index >= max(3, runs // 10):
+            if index >= warm_up:
                 seconds.append(elapsed)
             faces = len(response.json()["faces"])
-    return seconds, faces
+    return Timing(seconds, (sum(server.cpu_times()[:2]) - cpu_started) / runs, faces)
 
 
 def takes_raw_body(url: str, files: dict[str, Path]) -> bool:
@@ -165,93 +184,96 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     contenders = {"service": REPO}
     if args.baseline:
         contenders["baseline"] = args.baseline.resolve()
-    p50s: dict[str, dict[str, list[float]]] = {}
-    faces: dict[str, dict[str, int]] = {}
-    rates: dict[str, dict[str, list[float]]] = {}
-
-    def record(name: str, photo: str, seconds: list[float], found: int) -> None:
-        p50s.setdefault(name, {}).setdefault(photo, []).append(median_ms(seconds))
-        faces.setdefault(name, {})[photo] = found
-
+    timings: dict[str, dict[str, list[Timing]]] = defaultdict(lambda: defaultdict(list))
+    rates: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         files = {}
         for photo, size in PHOTOS.items():
             files[photo] = Path(folder) / f"{size[0]}x{size[1]}.jpg"
             files[photo].write_bytes(jpeg(scene(*size)))
         fer = stack.enter_context(fer_process())
-        urls = {
+        services = {
             name: stack.enter_context(
                 service_process(None, cwd=checkout, settings={"LOG_LEVEL": "warning"})
-            ).url
+            )
             for name, checkout in contenders.items()
         }
-        raw_body = {name: takes_raw_body(url, files) for name, url in urls.items()}
+        ways = {
+            f"{name}, HTTP {way}": (service, way == "raw body")
+            for name, service in services.items()
+            for way in ("multipart", "raw body")
+            if way == "multipart" or takes_raw_body(service.url, files)
+        }
         for round_ in range(args.rounds):
             for photo, path in files.items():
                 data = path.read_bytes()
-                record("fer, in process", photo, *fer.time(path, args.requests))
-                for name, url in urls.items():
-                    record(
-                        f"{name}, HTTP multipart",
-                        photo,
-                        *http_times(url, data, args.requests, False),
+                timings[FER][photo].append(fer.time(path, args.requests))
+                for name, (service, raw) in ways.items():
+                    timings[name][photo].append(http_times(service, data, args.requests, raw))
+                for name, service in services.items():
+                    rates[name][photo].append(
+                        photos_per_second(service.url, data, args.load_seconds)
                     )
-                    if raw_body[name]:
-                        record(
-                            f"{name}, HTTP raw body",
-                            photo,
-                            *http_times(url, data, args.requests, True),
-                        )
-                    rate = photos_per_second(url, data, args.load_seconds)
-                    rates.setdefault(name, {}).setdefault(photo, []).append(round(rate, 1))
             print(f"round {round_ + 1} of {args.rounds} measured", file=sys.stderr, flush=True)
-    result["p50_ms"] = {
-        name: {photo: statistics.median(values) for photo, values in by_photo.items()}
-        for name, by_photo in p50s.items()
+    result["contenders"] = {
+        name: {photo: _figures(runs) for photo, runs in by_photo.items()}
+        for name, by_photo in timings.items()
     }
-    result["p50_ms_per_round"] = p50s
-    result["faces"] = faces
     result["photos_per_s_16_clients"] = {
-        name: {photo: statistics.median(values) for photo, values in by_photo.items()}
+        name: {photo: round(statistics.median(values), 1) for photo, values in by_photo.items()}
         for name, by_photo in rates.items()
     }
     return result
 
 
+def _figures(runs: list[Timing]) -> dict[str, Any]:
+    """Medians over rounds of each round's p50 and CPU time a photo, and the faces found."""
+    return {
+        "p50_ms": round(statistics.median(median_ms(run.seconds) for run in runs), 2),
+        "cpu_ms": round(statistics.median(run.cpu_per_photo for run in runs) * 1000, 2),
+        "p50_ms_per_round": [median_ms(run.seconds) for run in runs],
+        "faces": runs[-1].faces,
+    }
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine = result["machine"]
-    fer = result["p50_ms"]["fer, in process"]
-    header = "| | " + " | ".join(PHOTOS) + " |"
+    contenders = result["contenders"]
+    fer = contenders[FER]
+    header = "| p50 wall / CPU a photo (x fer's) | " + " | ".join(PHOTOS) + " |"
     lines = [header, "|---" * (len(PHOTOS) + 1) + "|"]
-    for name, by_photo in result["p50_ms"].items():
+    for name, by_photo in contenders.items():
         cells = []
         for photo in PHOTOS:
-            ratio = by_photo[photo] / fer[photo]
-            faces = result["faces"][name][photo]
-            cells.append(f"{by_photo[photo]:.2f} ms ({ratio:.2f}x fer's, {faces} face)")
-        lines.append(f"| {name} (p50) | " + " | ".join(cells) + " |")
+            figures, theirs = by_photo[photo], fer[photo]
+            cells.append(
+                f"{figures['p50_ms']:.1f} ms ({figures['p50_ms'] / theirs['p50_ms']:.2f}x) / "
+                f"{figures['cpu_ms']:.1f} ms ({figures['cpu_ms'] / theirs['cpu_ms']:.2f}x), "
+                f"{figures['faces']} face{'s' if figures['faces'] != 1 else ''}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, by_photo in result["photos_per_s_16_clients"].items():
         cells = [f"{by_photo[photo]:.1f}" for photo in PHOTOS]
         lines.append(f"| {name}, photos/s, {LOAD_CLIENTS} clients | " + " | ".join(cells) + " |")
     return (
         f"{machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['date']} (load average "
         f"before: {machine['load_average_before']}). Medians over {result['rounds']} rounds of "
-        "each round's p50; fer in its own process and environment (bench/.fer-venv), the service "
-        "over loopback HTTP, one keep-alive client.\n\n" + "\n".join(lines) + "\n"
+        "each round's p50 and CPU time a photo (fer: its process; the service: the server "
+        "process, not the client); fer in its own process and environment (bench/.fer-venv), "
+        "the service over loopback HTTP, one keep-alive client.\n\n" + "\n".join(lines) + "\n"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=100, help="timed per photo and round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=30, help="timed per photo and round")
     parser.add_argument("--load-seconds", type=float, default=4.0, help="16 clients, per round")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure alike")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result = measure(args)
     report = markdown(result)
-    print(report)
     write_results(args.out, "versus_fer", result, report)
 
 
