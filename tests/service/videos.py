@@ -9,7 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.service.conftest import PORTRAIT
+from tests.conftest import DATA_DIR
+
+PORTRAIT = DATA_DIR / "astronaut.jpg"
 
 SIZE = (320, 240)
 RATE = 10
