@@ -22,7 +22,6 @@ from training.callbacks import make_callbacks
 from training.carry import restore_trimmed
 from training.config import Config, load_config
 from training.data import Dataset, Split, ValidationSplit, copies_of, load_dataset
-from training.distill import distilled_targets, load_teacher
 from training.errors import RunError, TeacherError
 from training.evaluate import evaluate_model
 from training.export import MODEL_FILE, can_export, code_version, export_run, stamp_metrics
@@ -115,6 +114,9 @@ def training_targets(
     must not have trained on; a resumed run must find the very teacher it started with."""
     if not config.train.teacher:
         return one_hot(dataset.train.y), None
+    # Deferred: the teacher runs on onnxruntime, which a GPU machine training on JAX need not have.
+    from training.distill import distilled_targets, load_teacher
+
     teacher = load_teacher(Path(config.train.teacher), dataset.train, split)
     started_with = recorded(out, "teacher", None)
     if started_with and started_with["model_id"] != teacher.model_id:
