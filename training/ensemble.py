@@ -9,7 +9,9 @@ Each member's answers on those faces come from onnxruntime running its file as i
 temperature and flip averaging included). What a member adds is measured, not assumed: greedy
 forward selection with replacement (Caruana et al., 2004) adds, round after round, the member that
 makes the ensemble most accurate on validation (calibrated negative log-likelihood breaks ties),
-and the best prefix of those rounds is kept, so a member that adds nothing gets no weight.
+and the best prefix of those rounds is kept, so a member that adds nothing gets no weight (a
+prefix with more members must be more accurate, not only better calibrated: each costs a face its
+own inference).
 Members are combined in the log domain (their softmax inputs, weighted: a weighted geometric mean
 of their probabilities) or as a weighted mean of probabilities, whichever validation prefers.
 A member's own temperature is left in place: it only rescales that member's logits, which the
@@ -343,10 +345,16 @@ def in_given_order(candidates: list[Answers], labels: np.ndarray, combine: Combi
 
 
 def best_prefix(steps: list[Step]) -> Step:
-    """The earliest round no later round beats: members added after it are left out."""
+    """The earliest round no later round beats: members added after it are left out. Every
+    member costs a face its own inference, so a round with more members must be more accurate
+    to win, not merely better calibrated (the temperature is refitted anyway)."""
     chosen = steps[0]
     for step in steps[1:]:
-        if better(step.accuracy, step.nll, (chosen.accuracy, chosen.nll)):
+        if len(_used(step.counts)) > len(_used(chosen.counts)):
+            wins = step.accuracy > chosen.accuracy
+        else:
+            wins = better(step.accuracy, step.nll, _key(chosen))
+        if wins:
             chosen = step
     return chosen
 

@@ -31,7 +31,9 @@ from training.compare import compare, report
 from training.ensemble import (
     EVIDENCE_FILE,
     Choice,
+    Step,
     answers,
+    best_prefix,
     build_graph,
     check_parity,
     ensemble,
@@ -340,3 +342,14 @@ def test_float_members_go_int8_only_where_validation_loses_nothing(
         assert "QuantizeLinear" not in operators
     # Either way, the graph written answers as its members one by one.
     assert result.evidence["parity"]["max_difference"] <= 1e-4
+
+
+def test_a_round_with_more_members_must_be_more_accurate_not_only_better_calibrated() -> None:
+    steps = [
+        Step(0, (1, 0, 0), 0.40, 1.50),
+        Step(1, (1, 1, 0), 0.42, 1.53),  # more accurate: a second member earns its cost
+        Step(0, (2, 1, 0), 0.42, 1.52),  # the same members, better calibrated
+        Step(2, (2, 1, 1), 0.42, 1.40),  # a third member, no more accurate: not worth its cost
+        Step(0, (3, 1, 1), 0.41, 1.39),
+    ]
+    assert best_prefix(steps) == steps[2]
