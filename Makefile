@@ -31,12 +31,15 @@ test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
 
 # SOAK_REQUESTS=2000 make bench: a shorter memory soak (the default is the 10-minute one).
+# VIDEO_BENCH_SECONDS=120 make bench: a shorter long video (the default is the 10-minute one).
 SOAK_REQUESTS ?= 10000
+VIDEO_BENCH_SECONDS ?= 600
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/serve_bench.py --soak-requests $(SOAK_REQUESTS)
 	$(BIN)/python bench/versus_fer.py
 	$(BIN)/python bench/hostile_clients.py
+	$(BIN)/python bench/video_bench.py --long-seconds $(VIDEO_BENCH_SECONDS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

@@ -152,11 +152,14 @@ def long_video_memory(run: ServiceProcess, clip: Path) -> dict[str, Any]:
     sampler.join()
     summary = json.loads(last)
     peak = max(rss for _, rss in samples)
+    person = max(summary["tracks"], key=lambda track: track["frames"])
     return {
         "video_seconds": summary["duration"],
         "video_mb": round(clip.stat().st_size / 1e6, 1),
         "frames_analysed": summary["frames_analysed"],
         "tracks": len(summary["tracks"]),
+        "tracks_over_1s": sum(t["last"] - t["first"] >= 1 for t in summary["tracks"]),
+        "person_track": {key: person[key] for key in ("first", "last", "frames")},
         "lines": lines,
         "seconds": round(total, 1),
         "first_line_s": round(first_line or 0, 2),
@@ -192,7 +195,12 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"- {long['frames_analysed']} frames analysed in {long['seconds']} s "
         f"({long['frames_analysed'] / long['seconds']:.1f} frames/s, "
-        f"{long['video_seconds'] / long['seconds']:.1f}x real time), {long['tracks']} tracks",
+        f"{long['video_seconds'] / long['seconds']:.1f}x real time)",
+        f"- the person: one track from {long['person_track']['first']} s to "
+        f"{long['person_track']['last']} s, in {long['person_track']['frames']} of "
+        f"{long['frames_analysed']} frames (the detector misses the 48-pixel face in the rest; "
+        f"the track bridges gaps under 1 s); {long['tracks']} tracks in all, the others from "
+        f"the detector's stray boxes, {long['tracks_over_1s'] - 1} of them over 1 s",
         f"- first line after {long['first_line_s']} s (target: before half, "
         f"{long['seconds'] / 2:.1f} s)",
         f"- server RSS {long['rss_before_mb']} MB before, peak {long['rss_peak_mb']} MB: "
