@@ -1,6 +1,7 @@
 """POST /predict/video against its targets, on this machine: frames per second over HTTP when
 every frame of short 596x336 videos is analysed, and the server's memory along a long 640x480
-video at fps=5 (with when its first NDJSON line arrives).
+video at fps=5 (with when its first NDJSON line arrives), and the live stream's delay for one
+client sending 15 frames a second.
 
     python bench/video_bench.py [--model artifacts/emotion.onnx] [--long-seconds 600]
 
@@ -170,6 +171,52 @@ def long_video_memory(run: ServiceProcess, clip: Path) -> dict[str, Any]:
     }
 
 
+def live_stream(run: ServiceProcess, seconds: float, rate: float = 15) -> dict[str, Any]:
+    """One client sending 640x480 JPEGs of the moving portrait at `rate` frames a second for
+    `seconds`: answers per second, frames dropped, and the delay from sending a frame to its
+    answer (only the newest frame is ever answered, so the delay cannot build up)."""
+    from websockets.sync.client import connect
+
+    jpegs = [
+        cv2.imencode(".jpg", scene_frame("back-and-forth", i, 300, LONG_SIZE))[1].tobytes()
+        for i in range(0, 300, 10)
+    ]
+    sent_at: dict[int, float] = {}
+    delays: list[float] = []
+    dropped = answered = 0
+    url = run.url.replace("http://", "ws://") + "/stream"
+    with connect(url, max_size=None) as socket:
+
+        def send() -> None:
+            start = time.perf_counter()
+            for number in range(1, int(seconds * rate) + 1):
+                time.sleep(max(0.0, start + number / rate - time.perf_counter()))
+                sent_at[number] = time.perf_counter()
+                socket.send(jpegs[number % len(jpegs)])
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        last = int(seconds * rate)
+        while True:
+            answer = json.loads(socket.recv(timeout=30))
+            delays.append(time.perf_counter() - sent_at[answer["frame"]])
+            answered += 1
+            dropped += answer["dropped"]
+            if answer["frame"] == last:
+                break
+        sender.join()
+    ordered = sorted(delays)
+    return {
+        "sent": last,
+        "answered": answered,
+        "dropped": dropped,
+        "answers_per_s": round(answered / seconds, 1),
+        "delay_p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
+        "delay_p95_ms": round(1000 * ordered[int(len(ordered) * 0.95)], 1),
+        "delay_max_ms": round(1000 * ordered[-1], 1),
+    }
+
+
 def report(result: dict[str, Any]) -> str:
     low, high = FER_FPS
     rows = [
@@ -207,6 +254,17 @@ def report(result: dict[str, Any]) -> str:
         f"growth {long['rss_growth_mb']} MB (target < 50 MB)",
         "",
     ]
+    live = result["live"]
+    rows += [
+        "## Live: one client sending 640x480 JPEGs at 15 frames a second (/stream)",
+        "",
+        f"- {live['sent']} frames sent, {live['answered']} answered "
+        f"({live['answers_per_s']} a second), {live['dropped']} dropped as stale; the last "
+        "frame sent was answered",
+        f"- delay from sending a frame to its answer: p50 {live['delay_p50_ms']} ms, "
+        f"p95 {live['delay_p95_ms']} ms, max {live['delay_max_ms']} ms",
+        "",
+    ]
     return "\n".join(rows)
 
 
@@ -216,6 +274,7 @@ def main() -> None:
     parser.add_argument("--short-seconds", type=float, default=10.0)
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="video-bench-") as folder:
@@ -232,7 +291,9 @@ def main() -> None:
             figures = every_frame(run, short, args.rounds)
             print("the long video...", file=sys.stderr)
             memory = long_video_memory(run, long)
-    result = {"machine": versions(), "short": figures, "long": memory}
+            print("the live stream...", file=sys.stderr)
+            live = live_stream(run, args.live_seconds)
+    result = {"machine": versions(), "short": figures, "long": memory, "live": live}
     write_results(args.out, "video_bench", result, report(result))
 
 
