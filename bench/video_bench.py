@@ -36,7 +36,7 @@ from serve_report import versions, write_results  # noqa: E402
 
 from service.settings import DEFAULT_MODEL_PATH  # noqa: E402
 from tests.service.server import ServiceProcess, service_process  # noqa: E402
-from tests.service.videos import _place, _portrait  # noqa: E402
+from tests.service.videos import place, portrait_at  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SHORT_SIZE, LONG_SIZE = (596, 336), (640, 480)
@@ -50,18 +50,18 @@ def scene_frame(kind: str, index: int, count: int, size: tuple[int, int]) -> np.
     progress = index / max(count - 1, 1)
     if kind == "pan":
         side = height * 2 // 3
-        return _place(canvas, _portrait(side), int(progress * (width - side)), height // 8)
+        return place(canvas, portrait_at(side), int(progress * (width - side)), height // 8)
     if kind == "zoom":
         side = int(height * (0.45 + 0.5 * progress))
-        return _place(canvas, _portrait(side), (width - side) // 2, (height - side) // 2)
+        return place(canvas, portrait_at(side), (width - side) // 2, (height - side) // 2)
     if kind == "two":
         side = height * 2 // 3
-        _place(canvas, _portrait(side), int(progress * 40), height // 8)
-        return _place(canvas, _portrait(side), width - side - int(progress * 40), height // 8)
+        place(canvas, portrait_at(side), int(progress * 40), height // 8)
+        return place(canvas, portrait_at(side), width - side - int(progress * 40), height // 8)
     if kind == "back-and-forth":  # the long video: 20 s a sweep
         side = height // 2
         phase = abs((index / 30 / 20) % 2 - 1)
-        return _place(canvas, _portrait(side), int(phase * (width - side)), height // 4)
+        return place(canvas, portrait_at(side), int(phase * (width - side)), height // 4)
     raise ValueError(kind)
 
 

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.service.browser import NO_CHROMIUM, find_chromium, in_ci, launched_chromium
 from tests.service.server import running_service
-from tests.service.videos import _place, _portrait
+from tests.service.videos import place, portrait_at
 
 TIMEOUT_MS = 30_000
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
@@ -44,7 +44,7 @@ def portrait_camera(path: Path, count: int = 30) -> Path:
         out.write(b"YUV4MPEG2 W640 H480 F15:1 Ip A1:1 C420jpeg\n")
         for index in range(count):
             frame = np.full((480, 640, 3), 170, np.uint8)
-            _place(frame, _portrait(360), 120 + 2 * index, 60)
+            place(frame, portrait_at(360), 120 + 2 * index, 60)
             out.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
     return path
 

@@ -22,12 +22,12 @@ Scene = Callable[[int, int], np.ndarray]
 """(frame index, frame count) -> a BGR frame of SIZE."""
 
 
-def _portrait(side: int) -> np.ndarray:
+def portrait_at(side: int) -> np.ndarray:
     image = cv2.imread(str(PORTRAIT))
     return cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
 
 
-def _place(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> np.ndarray:
+def place(canvas: np.ndarray, image: np.ndarray, x: int, y: int) -> np.ndarray:
     """`image` pasted with its top-left at (x, y), clipped to the canvas."""
     height, width = canvas.shape[:2]
     left, top = max(x, 0), max(y, 0)
@@ -43,28 +43,28 @@ def _canvas(size: tuple[int, int] = SIZE) -> np.ndarray:
 
 def pan(index: int, count: int) -> np.ndarray:
     """The portrait sliding from left to right."""
-    return _place(_canvas(), _portrait(200), int(-20 + 140 * index / max(count - 1, 1)), 20)
+    return place(_canvas(), portrait_at(200), int(-20 + 140 * index / max(count - 1, 1)), 20)
 
 
 def zoom(index: int, count: int) -> np.ndarray:
     """The portrait growing from 140 to 240 pixels about the frame's centre."""
     side = int(140 + 100 * index / max(count - 1, 1))
-    return _place(_canvas(), _portrait(side), 160 - side // 2, 120 - side // 2)
+    return place(_canvas(), portrait_at(side), 160 - side // 2, 120 - side // 2)
 
 
 def leaves_and_returns(index: int, count: int) -> np.ndarray:
     """Still for the first third, gone (a blank frame) for the middle third, back for the last."""
     if count // 3 <= index < 2 * count // 3:
         return _canvas()
-    return _place(_canvas(), _portrait(200), 60, 20)
+    return place(_canvas(), portrait_at(200), 60, 20)
 
 
 def two_faces(index: int, count: int) -> np.ndarray:
     """Two portraits side by side, drifting towards each other a little."""
     shift = int(20 * index / max(count - 1, 1))
     canvas = _canvas((480, 240))
-    _place(canvas, _portrait(220), shift, 10)
-    return _place(canvas, _portrait(220), 260 - shift, 10)
+    place(canvas, portrait_at(220), shift, 10)
+    return place(canvas, portrait_at(220), 260 - shift, 10)
 
 
 def frames(scene: Scene, count: int) -> Iterator[np.ndarray]:
