@@ -233,6 +233,13 @@ class VideoReader:
 
     def _pixels(self, frame: av.VideoFrame) -> np.ndarray:
         width, height = frame.width, frame.height
+        if width * height > self.limits.max_pixels:  # a stream whose frames outgrow its header
+            raise ImageRejected(
+                413,
+                f"a frame of the video is {width}x{height} pixels; the limit is "
+                f"{self.limits.max_pixels} (MAX_IMAGE_PIXELS)",
+                reason="too_many_pixels",
+            )
         scale = 1.0
         if self.max_side and max(width, height) > self.max_side:
             scale = self.max_side / max(width, height)

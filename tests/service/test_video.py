@@ -100,6 +100,13 @@ def test_fps_samples_the_video_and_never_beyond_its_own_rate(service, videos):
     assert len(every["frames"]) == 20 and every["fps"] == 10
 
 
+def test_detect_never_classifies_each_whole_frame_as_one_track(service, videos):
+    answer = post(service, write_video(videos / "whole.mkv", zoom, count=10), detect="never").json()
+    faces = [face for frame in answer["frames"] for face in frame["faces"]]
+    assert len(faces) == 5 and {face["track"] for face in faces} == {1}
+    assert all(face["box"] == {"x": 0, "y": 0, "width": 320, "height": 240} for face in faces)
+
+
 def test_a_zoom_is_one_track(service, videos):
     answer = post(service, write_video(videos / "zoom.mp4", zoom, count=20), fps=10).json()
     assert {track for frame in tracks_per_frame(answer) for track in frame} == {1}
