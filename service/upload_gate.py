@@ -15,7 +15,7 @@ video), and enforces three bounds per process:
 An arriving upload holds no place for analysis (`service.shedding` takes one once the body is
 in), so slow uploads cannot keep others' photos from being analysed. What the service holds is
 then bounded twice: the bodies arriving (these bounds) and the bodies arrived, which are at most
-`WORKER_THREADS + MAX_QUEUED_REQUESTS` requests of at most `MAX_BATCH_BYTES` each.
+`WORKER_THREADS + MAX_QUEUED_REQUESTS` requests, each within its path's size limit.
 """
 
 from __future__ import annotations

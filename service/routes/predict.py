@@ -15,7 +15,8 @@ from service.images import ImageRejected
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
 from service.security import MISSING
 from service.shedding import saturated_detail
-from service.uploads import read_upload
+from service.upload_gate import too_many_uploads_detail
+from service.uploads import DISK_FULL, read_upload
 
 router = APIRouter(tags=["emotions"])
 
@@ -68,7 +69,8 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {
         **error_response(
             "The model is not loaded yet, the service is saturated (more requests in progress "
-            "than WORKER_THREADS + MAX_QUEUED_REQUESTS), or the request ran past "
+            "than WORKER_THREADS + MAX_QUEUED_REQUESTS, or more uploads arriving than "
+            "MAX_ARRIVING_UPLOADS or MAX_ARRIVING_UPLOAD_BYTES allow), or the request ran past "
             "REQUEST_TIMEOUT_SECONDS; retry after `Retry-After` seconds.",
             NOT_READY,
         ),
@@ -77,6 +79,7 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
                 "examples": {
                     "loading": {"value": {"detail": NOT_READY}},
                     "saturated": {"value": {"detail": saturated_detail(20)}},
+                    "uploads": {"value": {"detail": too_many_uploads_detail(1024)}},
                     "timeout": {"value": {"detail": timed_out_detail(30)}},
                 }
             }
@@ -88,7 +91,14 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
         "The service has an API_KEY and the `X-API-Key` header does not carry it.", MISSING
     ),
     408: error_response(
-        "The upload did not arrive within REQUEST_TIMEOUT_SECONDS.", upload_timed_out_detail(30)
+        "The upload did not arrive within REQUEST_TIMEOUT_SECONDS, or arrived slower than "
+        "MIN_UPLOAD_BYTES_PER_SECOND once UPLOAD_RATE_GRACE_SECONDS had passed.",
+        upload_timed_out_detail(30),
+    ),
+    507: error_response(
+        "The service's temporary directory, where files over 1 MB are spooled, is full; "
+        "retry after `Retry-After` seconds.",
+        DISK_FULL,
     ),
     503: UPLOAD_ERRORS.pop(503),
 }

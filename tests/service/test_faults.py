@@ -54,11 +54,11 @@ def test_a_worker_killed_under_load_fails_only_its_own_requests_and_is_replaced(
         runs: list[LoadRun] = []
         loader = threading.Thread(
             target=lambda: runs.append(
-                run_load(service.url, [portrait_bytes], clients=LOAD_CLIENTS, seconds=8)
+                run_load(service.url, [portrait_bytes], clients=LOAD_CLIENTS, seconds=6)
             )
         )
         loader.start()
-        time.sleep(3)  # the load is under way on both workers
+        time.sleep(2)  # the load is under way on both workers
         os.kill(victim, signal.SIGKILL)
         loader.join()
         (run,) = runs

@@ -216,7 +216,7 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(
 ):
     """Both places held by batches being analysed (their bodies are in): the next requests are
     refused before their analysis, the probes answer, and the places free up afterwards."""
-    photos = _small_photos(portrait, 300)
+    photos = _small_photos(portrait, 150)
     with httpx.Client(base_url=tiny, timeout=30) as http:
         shed_before = _count(http.get("/metrics").text, "emotion_requests_shed_total")
         with analysing(tiny, photos) as first, analysing(tiny, photos) as second:
@@ -242,7 +242,7 @@ def test_requests_within_the_room_wait_their_turn_instead_of_being_shed(
     tiny, portrait, portrait_bytes
 ):
     """Room for two: a batch being analysed holds a place, a second request still gets through."""
-    with analysing(tiny, _small_photos(portrait, 300)) as batch:
+    with analysing(tiny, _small_photos(portrait, 150)) as batch:
         wait_until_places_taken(tiny, 1)
         with httpx.Client(base_url=tiny, timeout=30) as http:
             assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
