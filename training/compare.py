@@ -44,8 +44,8 @@ class Score:
     ece: float
     correct: np.ndarray
     """Per compared face, whether the model's top answer is its label (for McNemar)."""
-    members: int = 1
-    """Networks in the model: more than one for an ensemble (`python -m training ensemble`)."""
+    members: int | None = None
+    """Networks in an ensemble (`python -m training ensemble`); None for a single network."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def score(model: EmotionModel, faces: np.ndarray, labels: np.ndarray) -> Score:
         nll=float(-np.log(np.maximum(chosen, 1e-12)).mean()),
         ece=metrics["expected_calibration_error"],
         correct=probabilities.argmax(axis=1) == labels,
-        members=len(model.training.members or ()) or 1,
+        members=None if model.training.members is None else len(model.training.members),
     )
 
 
@@ -201,7 +201,7 @@ def report(comparison: Comparison) -> str:
         lines.append(
             f"{rank:<5}{s.accuracy:>9.4f}{s.macro_f1:>10.4f}{s.nll:>8.4f}{s.ece:>8.4f}  "
             f"{s.model_id[:12]:<13} {s.path}"
-            + (f" (ensemble of {s.members})" if s.members > 1 else "")
+            + ("" if s.members is None else f" (ensemble of {s.members})")
         )
     for rank, other in enumerate(scores[1:], start=2):
         d = mcnemar(scores[0], other)
