@@ -116,6 +116,21 @@ def test_a_stalled_upload_gets_a_408_that_says_why(strict):
     assert headers["connection"] == "close"
 
 
+def test_the_minimum_rate_applies_to_every_body_not_only_multipart(strict, portrait_bytes):
+    """A raw image body (`Content-Type: image/jpeg`) sent in part and then stalled is cut the
+    same way: the bound is on the request body, whatever the endpoint makes of it."""
+    with idle_connections(
+        strict,
+        1,
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\n"
+        + f"Content-Length: {len(portrait_bytes)}\r\n\r\n".encode()
+        + portrait_bytes[:100],
+    ) as (sock,):
+        status, _, body = read_response(sock)
+    assert status == 408
+    assert "arrived too slowly" in httpx.Response(status, content=body).json()["detail"]
+
+
 def test_arriving_bytes_past_their_bound_are_refused_at_once(strict, portrait_bytes):
     """150 kB of one upload held while it arrives: with room for 200 kB, a second upload is
     refused as its bytes pass the bound."""
