@@ -26,15 +26,13 @@ from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app, load_detector, load_model
 from service.blazeface import DetectorError
-from service.connections import GuardedHttpProtocol
+from service.connections import OPEN_FILES_BESIDES_CONNECTIONS, GuardedHttpProtocol
 from service.logs import logging_config
 from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.model import ModelError
 from service.settings import Settings
 
 EXIT_CONFIGURATION = 2
-OPEN_FILES_BESIDES_CONNECTIONS = 1024
-"""Room for the model, spooled uploads, metrics files and libraries' own descriptors."""
 
 
 def main() -> int:

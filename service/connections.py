@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import resource
 from collections import deque
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         settings = _settings()
         self.header_timeout_seconds = settings.header_timeout_seconds
         self.max_header_bytes = settings.max_header_bytes
-        self.max_connections = settings.max_connections
+        self.max_connections = connection_limit(settings.max_connections)
         self._header_timer: asyncio.TimerHandle | None = None
         self._in_head = False
         """Between the start of a request and the end of its headers."""
@@ -185,6 +186,22 @@ class _ClosingInTurns:
 
 
 _closing_in_turns = _ClosingInTurns()
+
+
+OPEN_FILES_BESIDES_CONNECTIONS = 1024
+"""Room for the model, spooled uploads, metrics files and libraries' own descriptors."""
+
+
+@functools.cache
+def connection_limit(max_connections: int) -> int:
+    """MAX_CONNECTIONS, or fewer where the process may not open that many files: connections are
+    then evicted before accepting one fails for want of a descriptor (which stops all accepting
+    for a second)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    spare = min(OPEN_FILES_BESIDES_CONNECTIONS, soft // 2)
+    return max(1, min(max_connections, soft - spare))
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from collections.abc import Iterator
 
@@ -188,6 +189,25 @@ def test_past_the_connection_limit_the_longest_idle_connection_makes_room(strict
         idle[0].settimeout(10)
         assert idle[0].recv(1) == b""
     assert metric(strict, "emotion_connections_closed_total", reason="evicted") > evicted_before
+
+
+def test_connections_past_the_open_files_limit_evict_idle_ones(model_path, portrait_bytes):
+    """A process allowed 256 open files (hard limit) takes fewer connections than
+    MAX_CONNECTIONS: 300 idle ones do not exhaust its descriptors, and a client that sends a
+    request is served while the longest idle make room."""
+    with service_process(
+        model_path,
+        python="sh",
+        command=("-c", f"ulimit -n 256 && exec {sys.executable} -m service"),
+        settings={"LOG_LEVEL": "warning"},
+    ) as service:
+        with idle_connections(service.url, 300):
+            with httpx.Client(base_url=service.url, timeout=30) as http:
+                for _ in range(3):
+                    assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
+            evicted = metric(service.url, "emotion_connections_closed_total", reason="evicted")
+        assert evicted >= 300 - 128
+        assert "Too many open files" not in service.output()
 
 
 @pytest.fixture
