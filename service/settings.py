@@ -104,8 +104,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         10_000,
         ge=1,
-        description="Open connections per process; past it the connection that has waited longest "
-        "for a request's headers is closed to make room (a new one is refused when none waits).",
+        description="Open connections per process (fewer if its open-files limit is lower); past "
+        "it the connection that has waited longest for a request's headers is closed to make room "
+        "(a new one is refused when none waits).",
     )
     header_timeout_seconds: float = Field(
         10.0,
