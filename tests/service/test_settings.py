@@ -55,6 +55,11 @@ def test_bad_values_are_refused_by_name(clean_env, name, value):
         ("MAX_QUEUED_REQUESTS", "-1"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "-5"),
         ("LOG_FORMAT", "xml"),
+        ("MIN_UPLOAD_BYTES_PER_SECOND", "-1"),
+        ("MAX_ARRIVING_UPLOADS", "0"),
+        ("HEADER_TIMEOUT_SECONDS", "0"),
+        ("MAX_HEADER_BYTES", "100"),
+        ("MAX_CONNECTIONS", "0"),
     ],
 )
 def test_bad_hardening_values_are_refused_by_name(clean_env, name, value):
