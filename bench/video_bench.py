@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -222,7 +223,9 @@ def report(result: dict[str, Any]) -> str:
     rows = [
         "# Video bench",
         "",
-        f"Machine: {result['machine']['cpu']} ({result['machine']['usable_cpus']} CPUs).",
+        f"Machine: {result['machine']['cpu']} ({result['machine']['usable_cpus']} CPUs); load "
+        f"average {result['load_average_1min_after']} at the end (other work on the machine "
+        "slows the figures down and makes them noisier).",
         "",
         "## Every frame of short 596x336 videos, over HTTP (best of the rounds)",
         "",
@@ -293,7 +296,13 @@ def main() -> None:
             memory = long_video_memory(run, long)
             print("the live stream...", file=sys.stderr)
             live = live_stream(run, args.live_seconds)
-    result = {"machine": versions(), "short": figures, "long": memory, "live": live}
+    result = {
+        "machine": versions(),
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+        "short": figures,
+        "long": memory,
+        "live": live,
+    }
     write_results(args.out, "video_bench", result, report(result))
 
 
