@@ -107,26 +107,42 @@ def _sixteen_bit_gray(portrait: Image.Image) -> bytes:
     return encode(Image.fromarray(deep), "PNG")
 
 
+STRIP = 60
+"""Columns of the left edge, away from the face, made transparent."""
+
+
 def _rgba_with_a_transparent_strip(portrait: Image.Image) -> bytes:
     rgba = portrait.convert("RGBA")
     alpha = np.full((512, 512), 255, np.uint8)
-    alpha[:, :60] = 0  # the left edge, away from the face
+    alpha[:, :STRIP] = 0
     rgba.putalpha(Image.fromarray(alpha))
     return encode(rgba, "PNG")
 
 
+def _strip_shown_on_white(portrait: Image.Image) -> Image.Image:
+    """What a viewer shows of `_rgba_with_a_transparent_strip`: the strip white."""
+    shown = np.asarray(portrait).copy()
+    shown[:, :STRIP] = 255
+    return Image.fromarray(shown)
+
+
 @pytest.mark.parametrize(
-    "make",
+    ("make", "shown"),
     [
-        pytest.param(_sixteen_bit_gray, id="png-16-bit-gray"),
-        pytest.param(lambda portrait: sixteen_bit_png(portrait, alpha=False), id="png-16-bit-rgb"),
-        pytest.param(lambda portrait: sixteen_bit_png(portrait, alpha=True), id="png-16-bit-rgba"),
-        pytest.param(_rgba_with_a_transparent_strip, id="png-rgba"),
+        pytest.param(_sixteen_bit_gray, None, id="png-16-bit-gray"),
+        pytest.param(
+            lambda portrait: sixteen_bit_png(portrait, alpha=False), None, id="png-16-bit-rgb"
+        ),
+        pytest.param(
+            lambda portrait: sixteen_bit_png(portrait, alpha=True), None, id="png-16-bit-rgba"
+        ),
+        pytest.param(_rgba_with_a_transparent_strip, _strip_shown_on_white, id="png-rgba"),
     ],
 )
 @pytest.mark.usefixtures("still_serving")
-def test_deep_and_transparent_images_get_the_answer_of_the_8_bit_image(http, portrait, make):
-    reference = _predict(http, encode(portrait, "PNG")).json()
+def test_deep_and_transparent_images_get_the_answer_of_the_8_bit_image(http, portrait, make, shown):
+    """The answer of the 8-bit image a viewer sees (transparent pixels on white)."""
+    reference = _predict(http, encode(shown(portrait) if shown else portrait, "PNG")).json()
     response = _predict(http, make(portrait))
     assert response.status_code == 200
     answer = response.json()
