@@ -123,7 +123,12 @@ def test_no_endpoint_takes_a_url_or_a_path_from_the_client(client):
     """What a client can send is the uploaded bytes and two enumerated or numeric parameters:
     nothing the service could fetch or open. A new parameter must be added here on purpose."""
     schema = client.get("/openapi.json").json()
-    allowed_parameters = {"detect": "DetectMode", "max_faces": "integer"}
+    allowed_parameters = {
+        "detect": "DetectMode",
+        "max_faces": "integer",
+        "fps": "number",
+        "smoothing": "number",
+    }
     for path, operations in schema["paths"].items():
         assert "{" not in path, f"{path} takes a path parameter"
         for name, operation in operations.items():
@@ -134,7 +139,8 @@ def test_no_endpoint_takes_a_url_or_a_path_from_the_client(client):
             body = operation.get("requestBody")
             if body:
                 assert (
-                    path in {"/predict", "/predict/batch", "/predict/annotated"} and name == "post"
+                    path in {"/predict", "/predict/batch", "/predict/annotated", "/predict/video"}
+                    and name == "post"
                 )
                 assert list(body["content"]) == ["multipart/form-data"]
     text = str(schema)
