@@ -2,6 +2,8 @@
 #   make serve   run the service on the shipped model (http://127.0.0.1:8000; HOST/PORT override)
 #   make test    install what the tests need and run the whole suite (browser tests: Debian's
 #                chromium, `apt-get install chromium`; .ci/run installs it)
+#   make test-quick  the tests that need no trained network, service process, browser or fresh
+#                Python (marker `slow`, set in tests/conftest.py): about two minutes here
 #   make bench   measure the service (latency, throughput, memory...) and the `fer` package (in its
 #                own bench/.fer-venv, made on first use) into bench/results/
 # Installs are stamped: a second run with unchanged requirements installs nothing.
@@ -10,7 +12,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test lint format train screenshots clean bench
+.PHONY: serve test test-quick lint format train screenshots clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,9 @@ serve: $(VENV)/.serve-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest
+
+test-quick: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m "not slow"
 
 # SOAK_REQUESTS=2000 make bench: a shorter memory soak (the default is the 10-minute one).
 # VIDEO_BENCH_SECONDS=120 make bench: a shorter long video (the default is the 10-minute one).
