@@ -43,7 +43,12 @@ def _refused(url: str) -> bool:
 def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
     model_path, portrait_bytes, workers
 ):
-    settings = {"WORKERS": workers, "SHUTDOWN_TIMEOUT_SECONDS": "20"}
+    # the upload in flight waits for the test, which could take longer than the rate's grace
+    settings = {
+        "WORKERS": workers,
+        "SHUTDOWN_TIMEOUT_SECONDS": "20",
+        "UPLOAD_RATE_GRACE_SECONDS": "60",
+    }
     with service_process(model_path, settings=settings) as service:
         with slow_upload(service.url) as in_flight:
             wait_until_in_progress(service.url, 1)
