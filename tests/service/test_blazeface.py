@@ -225,3 +225,27 @@ def test_a_close_up_is_found_by_the_smaller_pass(detector, portrait_gray, fill):
     (box,) = detector.detect(close_up)
     assert abs(centre(box)[0] - 640 * (x - left) / side) < 64
     assert abs(centre(box)[1] - 640 * (y - top) / side) < 64
+
+
+@pytest.mark.parametrize(("size", "face"), [((320, 240), 48), ((400, 300), 56), ((512, 384), 64)])
+def test_several_people_in_a_small_photo_are_each_found(detector, portrait_gray, size, face):
+    """Four heads in a row, each face `face` pixels, in a photo smaller than the 640-pixel copy:
+    the smaller passes still see every one of them, and nothing else."""
+    x, y = FACE_CENTRE
+    head = portrait_gray[y - 110 : y + 110, x - 110 : x + 110]  # the face is ~106 of 220 px
+    side = round(220 * face / 106)
+    width, height = size
+    frame = np.full((height, width), 110, np.uint8)
+    centres = []
+    for index, left in enumerate(np.linspace(0, width - side, 4).astype(int)):
+        top = (height - side) * (index % 2)
+        frame[top : top + side, left : left + side] = cv2.resize(
+            head, (side, side), interpolation=cv2.INTER_AREA
+        )
+        centres.append((left + side / 2, top + side / 2))
+    boxes = detector.detect(frame)
+    assert len(boxes) == 4
+    for cx, cy in centres:
+        assert any(
+            abs(centre(b)[0] - cx) < face / 2 and abs(centre(b)[1] - cy) < face / 2 for b in boxes
+        )
