@@ -28,19 +28,10 @@ from tests.service.server import running_service
 from tests.training.conftest import write_zip
 from training.__main__ import main
 from training.compare import compare, report
-from training.ensemble import (
-    EVIDENCE_FILE,
-    Choice,
-    Step,
-    answers,
-    best_prefix,
-    build_graph,
-    check_parity,
-    ensemble,
-    flipped,
-    load_member,
-    reference_probabilities,
-)
+from training.ensemble import EVIDENCE_FILE, ensemble
+from training.ensemble_graph import build_graph, check_parity
+from training.ensemble_members import answers, flipped, load_member
+from training.ensemble_selection import Choice, Step, best_prefix, reference_probabilities
 from training.errors import EnsembleError
 from training.export import export_run, run_dataset
 from training.train import as_images, train
