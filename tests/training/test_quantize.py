@@ -1,9 +1,11 @@
-"""The int8 graph computes the same sums on every x86 CPU, with or without VNNI.
+"""The int8 graph: what the recipe quantises, and the checks that refuse a graph export must not
+ship (one that answers unlike float, one this CPU's kernels compute wrongly).
 
 Without VNNI, onnxruntime's uint8 x int8 kernels add pairs of products in saturating 16-bit
-integers; 8-bit weights then overflow them where activations and weights are both large. This
-convolution is built to do exactly that: on an AVX2 machine (such as CI's) the first test fails
-for 8-bit weights; on a VNNI machine nothing saturates whatever the weights.
+integers; 8-bit weights then overflow them where activations and weights are both large. The
+first test's convolution is built to do exactly that: on an AVX2 machine (such as CI's) its
+kernels disagree with its graph for 8-bit weights, and on every machine its weights must be
+7-bit, which is what keeps those sums in range.
 """
 
 from __future__ import annotations
@@ -52,9 +54,20 @@ def bright_images(count: int) -> np.ndarray:
     return images
 
 
+def int8_weights(model: bytes) -> list[np.ndarray]:
+    return [
+        numpy_helper.to_array(init)
+        for init in onnx.load_from_string(model).graph.initializer
+        if init.data_type == TensorProto.INT8 and len(init.dims) > 1  # not zero points
+    ]
+
+
 def test_int8_kernels_compute_what_the_int8_graph_means() -> None:
     images = bright_images(16)
     int8_model = quantize_int8(large_weight_convolution(), images)
+    # 7-bit weights: 255 * 64 * 2 fits a 16-bit pair sum, on any CPU (8-bit ones reach 127).
+    (weights,) = int8_weights(int8_model)
+    assert 60 <= np.abs(weights.astype(int)).max() <= 64
     reference = reference_probabilities(int8_model, images)
     assert np.abs(reference).max() > 10  # real sums, not zeros
     np.testing.assert_allclose(onnx_probabilities(int8_model, images), reference, rtol=0.02)
