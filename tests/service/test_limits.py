@@ -176,6 +176,7 @@ def tiny(model_path) -> Iterator[str]:
         "WORKER_THREADS": "1",
         "MAX_QUEUED_REQUESTS": "1",
         "MAX_BATCH_FILES": "1000",
+        "UPLOAD_RATE_GRACE_SECONDS": "60",  # slow uploads stay as long as a test holds them
         "LOG_LEVEL": "warning",
     }
     with service_process(model_path, settings=settings) as service:
