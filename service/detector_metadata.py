@@ -52,9 +52,11 @@ class BoxCorrection:
 class DetectorMetadata:
     """A converted BlazeFace model and how to decode it.
 
-    - `input_sizes`: the square inputs, in pixels, the network is run at on every image; their
-      boxes are merged. The graph takes `[1, size, size, 3]` float32 RGB in [-1, 1] (NHWC) at
-      any multiple of 32 and answers `boxes` `[1, N, 16]` (pixels of the input, relative to
+    - `input_sizes`: the square inputs, in pixels, the network is run at; their boxes are
+      merged. The largest is the most an image is run at: a small image is run smaller
+      (`BlazeFaceDetector.pass_sizes`), and the others only where they are smaller still.
+      The graph takes `[1, size, size, 3]` float32 RGB in [-1, 1] (NHWC) at any multiple of
+      32 and answers `boxes` `[1, N, 16]` (pixels of the input, relative to
       the anchors) and `scores` `[1, N, 1]` (logits). A network sees faces of about 15 % to
       80 % of its input: a large input finds small faces and misses large ones, a small input
       the reverse.
