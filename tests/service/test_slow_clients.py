@@ -58,7 +58,7 @@ def strict(model_path) -> Iterator[str]:
     settings = {
         "UPLOAD_RATE_GRACE_SECONDS": "1",
         "MIN_UPLOAD_BYTES_PER_SECOND": "1024",
-        "HEADER_TIMEOUT_SECONDS": "1",
+        "HEADER_TIMEOUT_SECONDS": "3",
         "KEEP_ALIVE_TIMEOUT_SECONDS": "1",
         "MAX_HEADER_BYTES": "2048",
         "MAX_CONNECTIONS": "60",
