@@ -135,8 +135,14 @@ def _sums(record: dict[str, list[float]], *names: str) -> list[float]:
 
 # --- over HTTP ----------------------------------------------------------------------------------
 
+
+class RawBody(bytes):
+    """A file sent as the request body itself (`Content-Type: image/jpeg`), not multipart."""
+
+
 Request = tuple[str, bytes | None, dict[str, str]]
-"""A path, the file to upload (None: a GET) and the query parameters."""
+"""A path, the file to upload (None: a GET; a `RawBody`: as the body) and the query
+parameters."""
 
 
 def http_latency(url: str, cases: dict[str, Request], requests: int) -> dict[str, Any]:
@@ -151,6 +157,9 @@ def http_latency(url: str, cases: dict[str, Request], requests: int) -> dict[str
                 started = time.perf_counter()
                 if data is None:
                     response = http.get(path, params=params)
+                elif isinstance(data, RawBody):
+                    headers = {"Content-Type": "image/jpeg"}
+                    response = http.post(path, params=params, content=data, headers=headers)
                 else:
                     response = http.post(path, params=params, files={"file": ("photo", data)})
                 elapsed = time.perf_counter() - started
@@ -337,12 +346,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             busy = {"at_rest_mb": rss_mb(run)}
             requests = {
                 "photo": ("/predict", photo, {}),
+                "photo_raw": ("/predict", RawBody(photo), {}),
                 "crop": ("/predict", crop, {"detect": "never"}),
                 "health": ("/health", None, {}),
             }
             http = http_latency(run.url, requests, args.requests)
             result["photo_http"], result["crop_http"] = http["photo"], http["crop"]
-            result["health_http"] = http["health"]
+            result["health_http"], result["photo_raw_http"] = http["health"], http["photo_raw"]
             step("latency over HTTP")
             result["sizes"] = size_costs(run.url, pipeline, args.requests // 2, args.runs // 2)
             step("cost against image size")

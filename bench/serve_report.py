@@ -142,6 +142,11 @@ def markdown(result: dict[str, Any]) -> str:
             ["request", "p50", "p95", "p99"],
             [
                 ["640x480 JPEG, one face", *_p(http, 50, 95, 99).split(" / ")],
+                *(
+                    [["the same, as the raw body", *_p(raw, 50, 95, 99).split(" / ")]]
+                    if (raw := result.get("photo_raw_http"))
+                    else []
+                ),
                 ["48x48 PNG crop, detect=never", *_p(result["crop_http"], 50, 95, 99).split(" / ")],
                 ["GET /health (the HTTP round trip alone)", *_p(health, 50, 95, 99).split(" / ")],
             ],
