@@ -141,7 +141,7 @@ def ensemble(
             "copies_left_out": copies_left_out,
         },
         "candidates": [
-            {"id": m.model_id, "file": str(m.path), "validation": figures}
+            {"id": m.model_id, "file": str(m.path), "validation": figures, "training": m.training}
             for m, figures in zip(candidates, alone, strict=True)
         ],
         "selection": {
