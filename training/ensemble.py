@@ -25,6 +25,9 @@ validation figures. Float members are quantised to int8 only where the existing 
 the ensemble's validation accuracy does not drop; int8 members are reused as they are. The file
 is written, atomically, only once onnxruntime running the whole graph agrees with the members run
 one by one; `ensemble.json` beside it keeps the evidence.
+
+This module ties the steps together; `ensemble_members` reads and scores members,
+`ensemble_selection` chooses, `ensemble_graph` builds and checks the graph.
 """
 
 from __future__ import annotations
