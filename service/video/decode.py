@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 import av
@@ -146,6 +146,13 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         self._stream.codec_context.thread_count = threads
+        self._decoded = self._container.decode(self._stream)
+        self._first = self._first_frame()
+        self.quarter_turns = round((self._first.rotation or 0) / 90) % 4 if self._first else 0
+        """Counter-clockwise quarter turns that show the frames upright: a phone's display
+        matrix (portrait videos are stored sideways). Boxes are answered in the upright frame."""
+        if self.quarter_turns % 2:
+            self.info = replace(self.info, width=self.info.height, height=self.info.width)
 
     def _validate(self, demuxer: str) -> VideoInfo:
         container = self._container
@@ -189,6 +196,22 @@ class VideoReader:
             reason="too_many_frames",
         )
 
+    def _first_frame(self) -> av.VideoFrame | None:
+        """The first frame, decoded at once for its display matrix; kept for `frames`."""
+        try:
+            return next(self._decoded, None)
+        except av.error.FFmpegError as error:
+            log.info("video ended before its first frame: %s", error)
+            self.truncated = True
+            return None
+
+    def _all_frames(self) -> Iterator[av.VideoFrame]:
+        if self._first is None:
+            return
+        first, self._first = self._first, None
+        yield first
+        yield from self._decoded
+
     def frames(self) -> Iterator[SampledFrame]:
         """The frames at `fps` (every frame when the video's own rate is not higher). A decoding
         error ends the iteration with `truncated` set; so does a last frame well short of the
@@ -197,7 +220,7 @@ class VideoReader:
         slack = 0.5 / self.info.rate if self.info.rate else 1e-3
         due, first, last = 0.0, None, None
         try:
-            for index, frame in enumerate(self._container.decode(self._stream)):
+            for index, frame in enumerate(self._all_frames()):
                 time = frame.time if frame.time is not None else index / (self.info.rate or 25)
                 first = time if first is None else first
                 time -= first
@@ -246,7 +269,10 @@ class VideoReader:
         size = {"width": max(1, round(width * scale)), "height": max(1, round(height * scale))}
         if scale == 1.0:
             size = {}
-        return frame.to_ndarray(format="bgr24" if self.color else "gray", **size)
+        pixels = frame.to_ndarray(format="bgr24" if self.color else "gray", **size)
+        if self.quarter_turns:
+            pixels = np.ascontiguousarray(np.rot90(pixels, self.quarter_turns))
+        return pixels
 
     def close(self) -> None:
         self._container.close()

@@ -18,6 +18,8 @@ from tests.service.server import running_service
 from tests.service.videos import (
     leaves_and_returns,
     pan,
+    place,
+    portrait_at,
     two_faces,
     write_video,
     zoom,
@@ -105,6 +107,34 @@ def test_detect_never_classifies_each_whole_frame_as_one_track(service, videos):
     faces = [face for frame in answer["frames"] for face in frame["faces"]]
     assert len(faces) == 5 and {face["track"] for face in faces} == {1}
     assert all(face["box"] == {"x": 0, "y": 0, "width": 320, "height": 240} for face in faces)
+
+
+def test_a_phone_video_stored_sideways_is_analysed_upright(service, videos):
+    """Phones store portrait video sideways with a display matrix that turns it upright. The
+    frames are stored turned a quarter clockwise here, and the matrix says to turn them back."""
+    import av
+
+    path = videos / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"  # stored sideways
+        stream.set_display_rotation(90)
+        for index in range(10):
+            upright = np.full((320, 240, 3), 190, np.uint8)
+            place(upright, portrait_at(200), 20, 40 + 2 * index)
+            stored = np.ascontiguousarray(np.rot90(upright[:, :, ::-1], -1))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    answer = post(service, path, fps=10).json()
+    assert (answer["width"], answer["height"]) == (240, 320)
+    assert [[face["track"] for face in frame["faces"]][:1] for frame in answer["frames"]] == [
+        [1]
+    ] * 10
+    box = answer["frames"][0]["faces"][0]["box"]
+    # The portrait's face, upright: about (69, 26) + 37 pixels of the 200-pixel portrait.
+    assert 60 < box["x"] + box["width"] / 2 < 130 and 50 < box["y"] + box["height"] / 2 < 130
 
 
 def test_a_zoom_is_one_track(service, videos):
