@@ -14,22 +14,54 @@ def _replace(initializer: onnx.TensorProto, array: np.ndarray) -> None:
     initializer.CopyFrom(numpy_helper.from_array(array, initializer.name))
 
 
-def last_layer_negated(int8_model: bytes) -> bytes:
-    """`int8_model` with the int8 weights of its last quantised layer negated: a graph whose
-    integer weights were corrupted, so it ranks the emotions upside down. It is still a valid
-    int8 graph, which this CPU's kernels compute faithfully."""
-    model = onnx.load_from_string(int8_model)
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    dequantized = {
-        node.output[0]: node.input[0]
+def _last_quantized_layer(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The last convolution or dense layer reading int8 weights, and the DequantizeLinear that
+    reads them."""
+    initializers = {init.name for init in graph.initializer}
+    dequantizing = {
+        node.output[0]: node
         for node in graph.node
         if node.op_type == "DequantizeLinear" and node.input[0] in initializers
     }
-    last = [
-        node for node in graph.node if node.op_type in WEIGHTED_OPS and node.input[1] in dequantized
+    layer = [
+        node
+        for node in graph.node
+        if node.op_type in WEIGHTED_OPS and node.input[1] in dequantizing
     ][-1]
-    weights = initializers[dequantized[last.input[1]]]
+    return layer, dequantizing[layer.input[1]]
+
+
+def last_layer_answering(int8_model: bytes, emotion: int) -> bytes:
+    """`int8_model` with the int8 weights of its last layer overwritten so that output `emotion`
+    gets every input's largest positive weight and the others the largest negative one, and
+    their scale made 100 times larger: after ReLU features, that output wins on every face with
+    any feature lit, whatever the layer's bias. A corrupted graph that answers one emotion."""
+    model = onnx.load_from_string(int8_model)
+    layer, dequantize = _last_quantized_layer(model.graph)
+    initializers = {init.name: init for init in model.graph.initializer}
+    weights, scale = initializers[dequantize.input[0]], initializers[dequantize.input[1]]
+    array = numpy_helper.to_array(weights)
+    output_axis = 0 if layer.op_type == "Conv" else array.ndim - 1
+    transposed = any(a.name == "transB" and a.i for a in layer.attribute)
+    if layer.op_type == "Gemm" and transposed:
+        output_axis = 0
+    peak = int(np.abs(array.astype(np.int16)).max())
+    corrupted = np.full(array.shape, -peak, np.int8)
+    chosen = [slice(None)] * array.ndim
+    chosen[output_axis] = emotion
+    corrupted[tuple(chosen)] = peak
+    _replace(weights, corrupted)
+    _replace(scale, numpy_helper.to_array(scale) * np.float32(100))
+    return model.SerializeToString()
+
+
+def last_layer_negated(int8_model: bytes) -> bytes:
+    """`int8_model` with the int8 weights of its last quantised layer negated: a graph whose
+    integer weights were corrupted, so it ranks the outputs upside down (where there is no bias).
+    It is still a valid int8 graph, which this CPU's kernels compute faithfully."""
+    model = onnx.load_from_string(int8_model)
+    _, dequantize = _last_quantized_layer(model.graph)
+    (weights,) = [init for init in model.graph.initializer if init.name == dequantize.input[0]]
     array = numpy_helper.to_array(weights)
     assert array.dtype == np.int8, array.dtype
     _replace(weights, np.clip(-array.astype(np.int16), -127, 127).astype(np.int8))
