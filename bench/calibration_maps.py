@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 
-from service.cpus import machine_description  # noqa: E402
+from contract.provenance import machine_description  # noqa: E402
 from training.calibrate import negative_log_likelihood  # noqa: E402
 from training.compare import unseen_validation, validation_split_of  # noqa: E402
 from training.evaluate import classification_metrics, load_model  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.model_latency import per_face_ms, session_on_one_thread  # noqa: E402
-from service.cpus import machine_description  # noqa: E402
+from contract.provenance import machine_description  # noqa: E402
 from training.ensemble import EVIDENCE_FILE  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from service.cpus import machine_description  # noqa: E402  (after the path is set)
+from contract.provenance import machine_description  # noqa: E402  (after the path is set)
 
 
 def session_on_one_thread(model: Path) -> ort.InferenceSession:

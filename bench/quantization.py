@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 
-from service.cpus import machine_description  # noqa: E402
+from contract.provenance import machine_description  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
 from training.export import convert, read_run, run_dataset  # noqa: E402
 from training.model import as_images, load_float32_classifier  # noqa: E402

@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 
-from service.contract import LABELS  # noqa: E402
-from service.cpus import machine_description  # noqa: E402
+from contract.emotion import LABELS  # noqa: E402
+from contract.provenance import machine_description  # noqa: E402
 from training.config import DEFAULT_CONFIG, load_config  # noqa: E402
 from training.model import as_images  # noqa: E402
 from training.optimizer import compiled_trainer  # noqa: E402

@@ -20,10 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.provenance import machine_description
 from service import metrics
 from service.access import AccessLog
 from service.blazeface import BlazeFaceDetector
-from service.cpus import ThreadBudget, machine_description
+from service.cpus import ThreadBudget
 from service.deadline import RequestDeadline
 from service.deps import ServiceState
 from service.faces import FaceDetector

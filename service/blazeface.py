@@ -6,7 +6,7 @@ black) into the network's square input; its raw outputs are decoded as MediaPipe
 (SSD anchors from `SsdAnchorsCalculator`'s options, sigmoid scores, weighted non-maximum
 suppression), and the boxes mapped back to the image's pixels, then corrected to frame the face
 as a Haar box does, so the emotion contract's `crop_margin` (measured on Haar boxes) still
-holds. Everything model-specific comes from the file's metadata (`service.detector_metadata`).
+holds. Everything model-specific comes from the file's metadata (`contract.detector`).
 
 The pipeline works on grayscale; the network wants RGB. The gray image is given on all three
 channels, so an upload is decoded once, and in gray. On the colour portrait in tests/data the best
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detector_metadata import AnchorOptions, DetectorMetadata, DetectorMetadataError
+from contract.detector import AnchorOptions, DetectorMetadata, DetectorMetadataError
 from service.faces import FaceBox, box_in, shrink
 
 STRIDE = 32

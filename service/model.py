@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import (
+from contract.emotion import (
     CODE_VERSION_KEY,
     CONFIG_KEY,
     CREATED_KEY,

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.contract import LABELS
+from contract.emotion import LABELS
 from service.model_file import ModelFileState
 
 Emotion = Literal["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from contract.emotion import LABELS
 from service.app import create_app
-from service.contract import LABELS
 from service.model import EmotionModel
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, Settings
 from tests.conftest import DATA_DIR, REPO_ROOT

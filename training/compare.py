@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.contract import CONFIG_KEY, DATASET_KEY, ENSEMBLE_KEY, TRAINING_KEY
+from contract.emotion import CONFIG_KEY, DATASET_KEY, ENSEMBLE_KEY, TRAINING_KEY
 from service.model import EmotionModel
 from training.data import Split, ValidationSplit, copies_of
 from training.errors import CompareError

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.contract import INPUT_SIZE, LABELS
+from contract.emotion import INPUT_SIZE, LABELS
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import ModelError
+from contract.emotion import ModelError
 from service.model import EmotionModel
 from training.data import Split, ValidationSplit
 from training.errors import CompareError, TeacherError

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import (
+from contract.emotion import (
     CODE_VERSION_KEY,
     CREATED_KEY,
     DATASET_KEY,
@@ -50,6 +50,7 @@ from service.contract import (
     METRICS_KEY,
     QUANTIZATION_KEY,
 )
+from contract.provenance import code_version
 from training.data import Split
 from training.ensemble_graph import build_graph, check_parity
 from training.ensemble_members import (
@@ -98,7 +99,7 @@ def ensemble(
 ) -> Result:
     """Build, check and write the ensemble of the models at `paths` to `out`."""
     from training.compare import unseen_validation
-    from training.export import code_version, set_metadata, write_atomically
+    from training.export import set_metadata, write_atomically
 
     if not paths:
         raise EnsembleError("name at least one member")

@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 
-from service.contract import LABELS
+from contract.emotion import LABELS
 from training.ensemble_members import BATCH, PROBABILITY_FLOOR, Member
 from training.ensemble_selection import Choice
 from training.errors import EnsembleError

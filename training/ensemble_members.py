@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import TRAINING_KEY, ModelContract
+from contract.emotion import TRAINING_KEY, ModelContract
 from training.data import Split, ValidationSplit
 from training.errors import EnsembleError, ExportError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.contract import ContractError, ModelError
+from contract.emotion import ContractError, ModelError
 from training.config import ConfigError
 from training.data import DataError
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import LABELS
-from service.cpus import machine_description
+from contract.emotion import LABELS
+from contract.provenance import machine_description
 from training.data import Split
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import (
+from contract.emotion import (
     CODE_VERSION_KEY,
     CONFIG_KEY,
     CREATED_KEY,
@@ -34,6 +33,7 @@ from service.contract import (
     TRAINING_KEY,
     ModelContract,
 )
+from contract.provenance import code_version
 from training.config import config_from_dict
 from training.data import Dataset, Split
 from training.errors import ExportError
@@ -71,21 +71,6 @@ def export_commands(run_dir: Path, data: Path) -> str:
         f"python -m training evaluate --model {run_dir}/{MODEL_FILE} --data {data} "
         f"--out {run_dir} --stamp"
     )
-
-
-def code_version() -> str:
-    """The training code's git revision (with `-dirty` for uncommitted changes), if known."""
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def convert(classifier, temperature: float, flip_tta: bool, opset: int):

@@ -7,7 +7,7 @@ project installs from), as TensorFlow Lite files. This downloads the pinned whee
 (`--no-deps`, so nothing is installed), checks its sha256 and the model file's, converts the
 model with tf2onnx and writes it only after onnxruntime has been shown to agree with TensorFlow
 Lite on the real portrait, under a temporary name renamed into place. The file carries its
-provenance and everything the service needs to decode it (`service.detector_metadata`).
+provenance and everything the service needs to decode it (`contract.detector`).
 
 The full-range model ships with sparse weights (TFLite `DENSIFY` operators), which tf2onnx
 cannot read: they are made dense first, with TensorFlow Lite's own densified values. Weights
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from service.detector_metadata import (
+from contract.detector import (
     METADATA_KEY,
     AnchorOptions,
     BoxCorrection,

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from service.contract import INPUT_SIZE, LABELS
+from contract.emotion import INPUT_SIZE, LABELS
 from training.batch_norm import BatchNormalization
 from training.config import AugmentConfig, Config, ModelConfig
 

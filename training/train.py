@@ -14,8 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from service.contract import LABELS
-from service.cpus import cpu_features, machine_description
+from contract.emotion import LABELS
+from contract.provenance import code_version, cpu_features, machine_description
 from training.averaging import batches, load_average, recompute_batch_norm
 from training.calibrate import fit_temperature
 from training.callbacks import make_callbacks
@@ -24,7 +24,7 @@ from training.config import Config, load_config
 from training.data import Dataset, Split, ValidationSplit, copies_of, load_dataset
 from training.errors import RunError, TeacherError
 from training.evaluate import evaluate_model
-from training.export import MODEL_FILE, can_export, code_version, export_run, stamp_metrics
+from training.export import MODEL_FILE, can_export, export_run, stamp_metrics
 from training.model import (
     as_images,
     build_augmenter,

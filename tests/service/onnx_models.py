@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.contract import LABELS, METADATA_KEY, ModelContract
+from contract.emotion import LABELS, METADATA_KEY, ModelContract
 
 TEST_METRICS = {"test_accuracy": 0.5, "test_macro_f1": 0.4}
 _POOL = 8

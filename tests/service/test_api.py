@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from contract.emotion import LABELS
 from service.app import create_app
-from service.contract import LABELS
 from service.faces import FaceBox, crop_face
 from service.images import ImageLimits, decode_grayscale
 from service.model import EmotionModel
@@ -92,7 +92,7 @@ def test_model_lists_an_ensembles_members_and_survives_a_garbled_list(
 ):
     import json
 
-    from service.contract import ENSEMBLE_KEY
+    from contract.emotion import ENSEMBLE_KEY
     from tests.service.onnx_models import build_emotion_model
 
     path = build_emotion_model(

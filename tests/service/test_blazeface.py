@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
+from contract.detector import METADATA_KEY, AnchorOptions, DetectorMetadata
 from service.blazeface import BlazeFaceDetector, DetectorError, ssd_anchors, weighted_nms
-from service.detector_metadata import METADATA_KEY, AnchorOptions, DetectorMetadata
 from service.faces import FaceBox
 from service.haar import HaarDetector
 from service.settings import DEFAULT_FACE_DETECTOR_PATH

@@ -20,8 +20,8 @@ from PIL import Image
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect
 from playwright.sync_api import Error as PlaywrightError
 
+from contract.emotion import LABELS
 from scripts.screenshots import API_DOCS, DEMO_PAGE, take_screenshots
-from service.contract import LABELS
 from tests.service.browser import NO_CHROMIUM, find_chromium, in_ci, launched_chromium
 from tests.service.conftest import PORTRAIT, encode
 from tests.service.server import running_service

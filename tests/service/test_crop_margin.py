@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.contract import LABELS, ModelContract
+from contract.emotion import LABELS, ModelContract
 from tests.service.conftest import encode
 from tests.service.onnx_models import build_emotion_model
 from tests.service.server import running_service

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from service.contract import LABELS, ModelContract
+from contract.emotion import LABELS, ModelContract
 from service.model import EmotionModel, ModelError
 from tests.service.onnx_models import TEST_METRICS, build_emotion_model
 

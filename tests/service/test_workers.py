@@ -14,7 +14,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.cpus import ThreadBudget, available_cpus, cgroup_cpu_quota, machine_description
+from contract.provenance import machine_description
+from service.cpus import ThreadBudget, available_cpus, cgroup_cpu_quota
 from tests.service.server import service_process
 
 

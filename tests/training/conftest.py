@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.contract import INPUT_SIZE, LABELS
+from contract.emotion import INPUT_SIZE, LABELS
 
 PER_CLASS = {"train": 12, "test": 4}
 

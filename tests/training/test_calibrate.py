@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from service.contract import LABELS
+from contract.emotion import LABELS
 from training.calibrate import fit_temperature
 from training.config import ModelConfig, load_config
 from training.data import Split

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from service.contract import QUANTIZATION_KEY, TRAINING_KEY
+from contract.emotion import QUANTIZATION_KEY, TRAINING_KEY
 from service.model import EmotionModel
 from tests.training.conftest import write_zip
 from training.__main__ import main

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.contract import LABELS
+from contract.emotion import LABELS
 from tests.training.conftest import PER_CLASS, Face, write_csv, write_folder, write_zip
 from training.data import DataError, carve_validation, load_dataset, read_splits
 

@@ -168,8 +168,11 @@ def test_requirement_includes_are_copied_too():
 # --- the copied tree is enough ------------------------------------------------------------------
 
 
+FIRST_PARTY = ("contract", "service", "training")
+
+
 def python_files(app: Path) -> list[Path]:
-    return sorted(app.glob("training/**/*.py")) + sorted(app.glob("service/**/*.py"))
+    return [path for package in FIRST_PARTY for path in sorted(app.glob(f"{package}/**/*.py"))]
 
 
 def test_every_first_party_import_resolves_inside_the_image(tmp_path: Path):
@@ -194,7 +197,7 @@ def test_every_first_party_import_resolves_inside_the_image(tmp_path: Path):
                 ]
             else:
                 continue
-            first_party = [m for m in modules if m.split(".")[0] in ("training", "service")]
+            first_party = [m for m in modules if m.split(".")[0] in FIRST_PARTY]
             missing += [f"{file.relative_to(app)}: {m}" for m in first_party if not exists(m)]
     assert not missing, "imported but not copied into the image:\n" + "\n".join(missing)
 
@@ -277,8 +280,8 @@ def test_the_cli_runs_from_the_copied_tree(tmp_path: Path, image_env: dict[str, 
         app,
         image_env,
         "-c",
-        "import training.__main__, training.errors, training.download, service.contract\n"
-        "print(training.__main__.__file__, service.contract.__file__)",
+        "import training.__main__, training.errors, training.download, contract.emotion\n"
+        "print(training.__main__.__file__, contract.emotion.__file__)",
     )
     assert probe.returncode == 0, probe.stderr
     assert all(Path(path).is_relative_to(app) for path in probe.stdout.split())

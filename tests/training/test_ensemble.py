@@ -15,7 +15,7 @@ import pytest
 from onnx import helper, numpy_helper
 from scipy.special import softmax
 
-from service.contract import (
+from contract.emotion import (
     CONFIG_KEY,
     ENSEMBLE_KEY,
     LABELS,

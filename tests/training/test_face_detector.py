@@ -10,8 +10,8 @@ import onnx
 import pytest
 from PIL import Image
 
+from contract.detector import DetectorMetadata
 from service.blazeface import BlazeFaceDetector
-from service.detector_metadata import DetectorMetadata
 from service.settings import DEFAULT_FACE_DETECTOR_PATH
 from tests.conftest import DATA_DIR
 from training import face_detector

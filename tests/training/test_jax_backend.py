@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from service.contract import TRAINING_KEY
+from contract.emotion import TRAINING_KEY
 from service.model import EmotionModel
 from training.data import read_splits
 from training.export import export_run, run_dataset

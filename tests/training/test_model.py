@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from service.contract import LABELS
+from contract.emotion import LABELS
 from training.config import AugmentConfig, ModelConfig
 from training.model import build_augmenter, build_classifier, logits_model
 

@@ -5,7 +5,7 @@ file's metadata; the service reads it back and decodes the network's raw outputs
 SSD anchors MediaPipe generates for that model, the scales of its box outputs, the score and
 overlap thresholds, and the box correction measured here so that a BlazeFace box crops the same
 face region as a Haar box (the emotion contract's `crop_margin` was measured on Haar boxes).
-Pure Python, like `service.contract`, so both halves import it cheaply.
+Pure Python, like `contract.emotion`, so both halves import it cheaply.
 """
 
 from __future__ import annotations
