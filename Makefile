@@ -18,12 +18,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.serve-installed: requirements-serve.txt | $(BIN)/python
+$(VENV)/.serve-installed: requirements-serve.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-serve.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
-$(VENV)/.dev-installed: requirements-serve.txt requirements-train.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements-serve.txt requirements-train.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@ $(VENV)/.serve-installed
 
 serve: $(VENV)/.serve-installed
