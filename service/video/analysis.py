@@ -28,7 +28,7 @@ and other requests get their turn in between."""
 
 DETECTION_INTERVAL = 0.1
 """Seconds of video between two face detections (`detect=always`). Detection is ~3/4 of a
-frame's CPU time (bench/results/video_bench.md); in between, the faces are cut at the boxes
+frame's CPU time (docs/experiments.md, 2026-12-07); in between, the faces are cut at the boxes
 their tracks predict. At the default 5 frames a second every frame is detected; analysing every
 frame of a 30 frames/s video, one in three is, and a face that enters is found within 0.1 s."""
 
