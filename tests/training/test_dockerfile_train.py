@@ -250,7 +250,7 @@ def test_third_party_imports_are_installed_by_requirements_train(tmp_path: Path)
             else:
                 continue
             for top in (
-                tops - set(sys.stdlib_module_names) - {"training", "service"} - OTHER_KERAS_BACKENDS
+                tops - set(sys.stdlib_module_names) - set(FIRST_PARTY) - OTHER_KERAS_BACKENDS
             ):
                 dists = {canonicalize_name(d) for d in providers.get(top, [])}
                 if dists and not dists & installed:
