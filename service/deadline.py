@@ -54,6 +54,16 @@ class DeadlineExceeded(HTTPException):
         )
 
 
+def time_left() -> tuple[float, float] | None:
+    """(seconds left, the limit in seconds) of the current request; None outside a request. For
+    work that answers as it goes (a video's NDJSON lines), to end its answer itself while it can
+    still say why, before the deadline cuts the connection."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return None
+    return deadline[0] - time.monotonic(), deadline[1]
+
+
 def check_deadline() -> None:
     """Raise `DeadlineExceeded` when the current request's time is up; nothing outside a
     request (tests, benchmarks calling the pipeline directly)."""

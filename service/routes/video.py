@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from service import metrics
+from service.deadline import RETRY_AFTER_SECONDS, time_left
 from service.deps import PipelineDep, SettingsDep
 from service.images import ImageRejected
 from service.pipeline import EmotionPipeline
@@ -22,7 +24,11 @@ from service.video.decode import FORMATS, SampledFrame, VideoLimits, VideoReader
 from service.video.encode import CSV, JSON, NDJSON, csv_header, csv_rows, csv_text, ndjson_line
 from service.video.schemas import AnalysedFrame, VideoError, VideoPrediction, VideoSummary
 
+log = logging.getLogger("service")
+
 router = APIRouter(tags=["video"])
+
+DEADLINE_MARGIN_SECONDS = 2.0
 
 PATH = "/predict/video"
 MEDIA_TYPES = (CSV, NDJSON, JSON)
@@ -146,6 +152,23 @@ async def predict_video(
     return StreamingResponse(body, media_type=media_type)  # type: ignore[return-value]
 
 
+def _check_time() -> None:
+    """503 while there is still time to say so: the request's deadline (VIDEO_TIMEOUT_SECONDS)
+    would otherwise cut a streamed answer without a word. A margin of a quarter of the limit, at
+    most 2 s, is far more than the few frames of one step take."""
+    left = time_left()
+    if left is None:
+        return
+    seconds, limit = left
+    if seconds < min(DEADLINE_MARGIN_SECONDS, 0.25 * limit):
+        raise HTTPException(
+            503,
+            f"the video took longer to analyse than the limit of {limit:g} s "
+            "(VIDEO_TIMEOUT_SECONDS): ask for a lower fps, or send a shorter clip",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+
 def _refuse(rejected: ImageRejected) -> None:
     metrics.image_rejected(rejected.reason)
     raise HTTPException(rejected.status_code, rejected.detail) from rejected
@@ -186,6 +209,7 @@ class _Analysis:
     async def steps(self) -> AsyncIterator[list[AnalysedFrame]]:
         size = (self.reader.info.width, self.reader.info.height)
         while True:
+            _check_time()
             analysed = await self.pipeline.in_worker(
                 analyse_frames,
                 self.pipeline,
@@ -253,5 +277,8 @@ class _Analysis:
         except ImageRejected as rejected:
             # A CSV has no place for an error: the rows stop, and the log says why.
             metrics.image_rejected(rejected.reason)
+            log.info("video CSV answer stopped: %s", rejected.detail)
+        except HTTPException as error:
+            log.info("video CSV answer stopped: %s", error.detail)
         finally:
             self.reader.close()

@@ -324,3 +324,19 @@ def test_limits_are_clear_4xx(service, videos):
     response = post(service, three_seconds, accept="image/png")
     assert response.status_code == 406
     assert httpx.get(f"{service}/ready").status_code == 200
+
+
+def test_a_video_that_runs_out_of_time_says_so_in_every_answer(model_path, videos):
+    """VIDEO_TIMEOUT_SECONDS: a JSON answer is a 503 naming it; an NDJSON answer that has begun
+    ends, before the connection would be cut, with an `error` line that names it. 1,500 frames
+    take longer than 2 s on any machine (detection alone is a few ms a frame)."""
+    clip = write_video(videos / "slow.mp4", pan, count=1500, rate=30)
+    with running_service(model_path, settings={"VIDEO_TIMEOUT_SECONDS": "2"}) as url:
+        response = post(url, clip, fps=100)
+        assert response.status_code == 503
+        assert "VIDEO_TIMEOUT_SECONDS" in response.json()["detail"]
+
+        lines = post(url, clip, accept="application/x-ndjson", fps=100).text.splitlines()
+        *frames, last = [json.loads(line) for line in lines]
+        assert last["status"] == 503 and "VIDEO_TIMEOUT_SECONDS" in last["error"]
+        assert all("time" in frame for frame in frames) and len(frames) < 1500
