@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import mimeparse
 from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
@@ -169,7 +169,7 @@ def _check_time() -> None:
         )
 
 
-def _refuse(rejected: ImageRejected) -> None:
+def _refuse(rejected: ImageRejected) -> NoReturn:
     metrics.image_rejected(rejected.reason)
     raise HTTPException(rejected.status_code, rejected.detail) from rejected
 
