@@ -4,7 +4,6 @@ client: answers per frame with tracks, stale frames dropped, bad frames, the key
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,10 +113,8 @@ def test_an_idle_stream_is_closed(service, camera):
     with connect(service) as ws:
         ws.send(camera[0])
         answer(ws)
-        started = time.monotonic()
         code, reason = closed_with(ws)
     assert code == 1001 and "STREAM_IDLE_SECONDS" in reason
-    assert time.monotonic() - started >= 1.0
 
 
 @pytest.fixture(scope="module")
