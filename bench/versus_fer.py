@@ -259,7 +259,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['date']} (load average "
         f"before: {machine['load_average_before']}). Medians over {result['rounds']} rounds of "
         "each round's p50 and CPU time a photo (fer: its process; the service: the server "
-        "process, not the client); fer in its own process and environment (bench/.fer-venv), "
+        f"process, not the client); `{FER_PACKAGE}` (its Haar cascade, its default) in its own "
+        "process and environment (bench/.fer-venv), "
         "the service over loopback HTTP, one keep-alive client.\n\n" + "\n".join(lines) + "\n"
     )
 
