@@ -1,4 +1,4 @@
-"""`python -m training download | train | trim | status | evaluate | export | compare |
+"""`python -m training download | train | trim | speed | status | evaluate | export | compare |
 ensemble`: from data to a servable model, and the choice of which model (or ensemble of models)
 to ship."""
 
@@ -43,6 +43,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     trim.add_argument("--run", type=Path, required=True, help="a run directory from `train`")
     trim.add_argument(
         "--to", type=Path, required=True, help="the folder to commit, e.g. training/carried/NAME"
+    )
+
+    speed = commands.add_parser(
+        "speed", help="time a recipe's training step on this machine: what a run must budget"
+    )
+    speed.add_argument("--config", type=Path, help="TOML config (default: the shipped recipe)")
+    speed.add_argument("--steps", type=int, default=40, help="timed batches a precision")
+    speed.add_argument(
+        "--precision",
+        action="append",
+        choices=["float32", "mixed_bfloat16"],
+        help="repeat for several (default: float32, and mixed_bfloat16 where native)",
     )
 
     status = commands.add_parser(
@@ -132,6 +144,10 @@ def run(args: argparse.Namespace) -> None:
         from training.carry import trim
 
         print(f"trimmed state written to {trim(args.run, args.to)}: commit that folder")
+    elif args.command == "speed":
+        from training.speed import training_speed
+
+        training_speed(args.config, args.steps, args.precision)
     elif args.command == "status":
         from training.status import run_status
 

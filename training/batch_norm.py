@@ -4,7 +4,7 @@ Keras 3 normalises a training batch in separate float32 ops (cast, mean, varianc
 cast back) that TensorFlow runs one after the other over every activation, forward and backward.
 TensorFlow's FusedBatchNormV3 does the same normalisation in one pass each way (oneDNN on these
 CPUs), which takes a sixth to a fifth off the CPU time of a training step (measured with
-`bench/training_speed.py`: docs/experiments.md, 2026-12-06).
+`python -m training speed`: docs/experiments.md, 2026-12-06).
 
 The layer is Keras's `BatchNormalization` in every other respect: the same variables under the
 same names (weights files and checkpoints load either way), the same moving-average update from

@@ -1,6 +1,6 @@
 """Config -> the compiled training model: the network behind its augmentation, with the run's
 optimiser, learning-rate schedule and loss. What `train` fits, what a trimmed state is restored
-into (`training.carry`), and what `bench/training_speed.py` times."""
+into (`training.carry`), and what `python -m training speed` times."""
 
 from __future__ import annotations
 
