@@ -4,8 +4,8 @@
 
 The shipped emotion model was trained on FER2013's own crops, and the contract's `crop_margin`
 was measured on Haar boxes; BlazeFace's boxes are corrected to frame faces the same way
-(`bench/crop_margin.py`). This checks the end of that chain: FER2013 validation faces (the
-model's own run's hold-out, read from its metadata; never test/) are upscaled 4x into a neutral
+(`python -m training crop-margin`). This checks the end of that chain: FER2013 validation faces
+(the model's own run's hold-out, read from its metadata; never test/) are upscaled 4x into a neutral
 border, found by each detector, cropped by the service's own `crop_face` with the model's
 contract, and classified. Accuracy is compared on the faces both detectors find, beside the
 accuracy of the original 48x48 crops (what `detect=never` sees). Writes
@@ -36,7 +36,8 @@ from training.compare import validation_split_of  # noqa: E402
 
 
 def framed(face: np.ndarray) -> np.ndarray:
-    """`face` upscaled as in bench/crop_margin.py, in a neutral border the width of half of it."""
+    """`face` upscaled as `python -m training crop-margin` does, in a neutral border the width of
+    half of it."""
     side = face.shape[0] * UPSCALE
     big = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
     return cv2.copyMakeBorder(big, *(side // 2,) * 4, cv2.BORDER_CONSTANT, value=128)

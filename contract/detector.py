@@ -41,7 +41,8 @@ class AnchorOptions:
 class BoxCorrection:
     """How a BlazeFace box is turned into the box the Haar cascade draws around the same face:
     side times `scale`, centre moved by (`offset_x`, `offset_y`) times the BlazeFace box's side.
-    Measured by `bench/crop_margin.py --detector blazeface --raw` on FER2013 train faces."""
+    Measured by `python -m training crop-margin --detector blazeface --raw` on FER2013 train
+    faces."""
 
     scale: float = 1.0
     offset_x: float = 0.0

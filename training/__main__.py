@@ -1,6 +1,6 @@
-"""`python -m training download | train | trim | speed | status | evaluate | export | compare |
-ensemble`: from data to a servable model, and the choice of which model (or ensemble of models)
-to ship."""
+"""`python -m training download | train | trim | speed | crop-margin | status | evaluate | export |
+compare | ensemble`: from data to a servable model, and the choice of which model (or ensemble of
+models) to ship."""
 
 from __future__ import annotations
 
@@ -56,6 +56,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["float32", "mixed_bfloat16"],
         help="repeat for several (default: float32, and mixed_bfloat16 where native)",
     )
+
+    margin = commands.add_parser(
+        "crop-margin",
+        help="how much larger than a detector box a FER2013 crop is: the contract's crop margin",
+    )
+    margin.add_argument("--data", type=Path, required=True, help="FER2013; train/ only is read")
+    margin.add_argument("--images", type=int, default=3000, help="train faces to measure on")
+    margin.add_argument("--seed", type=int, default=0, help="which train faces")
+    margin.add_argument("--detector", choices=("haar", "blazeface"), default="haar")
+    margin.add_argument(
+        "--model", type=Path, help="the BlazeFace file (default: artifacts/face_detector.onnx)"
+    )
+    margin.add_argument("--raw", action="store_true", help="BlazeFace boxes, uncorrected")
 
     status = commands.add_parser(
         "status", help="how far a run is, and whether a process trains in it now"
@@ -148,6 +161,12 @@ def run(args: argparse.Namespace) -> None:
         from training.speed import training_speed
 
         training_speed(args.config, args.steps, args.precision)
+    elif args.command == "crop-margin":
+        from service.settings import DEFAULT_FACE_DETECTOR_PATH
+        from training.crop_margin import crop_margin
+
+        model = args.model or DEFAULT_FACE_DETECTOR_PATH
+        print(crop_margin(args.data, args.images, args.seed, args.detector, model, args.raw))
     elif args.command == "status":
         from training.status import run_status
 

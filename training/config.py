@@ -109,7 +109,8 @@ class TrainConfig:
 class ExportConfig:
     crop_margin: float = 1.05
     """Scale from a face detector's box to a FER2013-like crop, carried in the contract. Measured,
-    not guessed: `bench/crop_margin.py` finds a FER2013 crop 1.05x the Haar box, centred on it."""
+    not guessed: `python -m training crop-margin` finds a FER2013 crop 1.05x the Haar box,
+    centred on it."""
     opset: int = 17
     quantize: Literal["none", "int8"] = "int8"
     """`int8`: static int8 convolutions, calibrated and checked on validation (~3x faster)."""

@@ -71,8 +71,8 @@ class Source:
     metadata: DetectorMetadata
 
 
-# Measured on FER2013 train faces by `bench/crop_margin.py --detector blazeface --raw` against
-# the Haar cascade's boxes (`bench/crop_margin.py`): see bench/results/crop_margin.md.
+# Measured on FER2013 train faces by `python -m training crop-margin --detector blazeface --raw`
+# against the Haar cascade's boxes: see docs/studies/crop_margin.md.
 FULL_RANGE_CORRECTION = BoxCorrection(scale=1.064, offset_x=0.003, offset_y=-0.076)
 # Not measured: short range is kept only to compare detectors (bench/detection_tradeoff.py), where
 # crops do not matter. Measure it as above before serving crops from it.

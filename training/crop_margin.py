@@ -1,38 +1,33 @@
-"""Measure the crop margin: how much larger than a detector box a FER2013 crop is.
+"""How much larger than a detector box a FER2013 crop is: the contract's crop margin, measured.
 
-FER2013's 48x48 crops frame a face with some margin; OpenCV's Haar boxes frame it tighter. The
-service crops `crop_margin` x the detector box around its centre, so this script measures that
-factor with the service's own detector: each FER2013 face is upscaled, set in a neutral border
-(so the detector can see the whole crop), detected, and the crop's side is compared with the box's.
+FER2013's 48x48 crops frame a face with some margin; a detector's boxes frame it tighter. The
+service crops `crop_margin` x the detector box around its centre, so this measures that factor
+with the service's own detectors, run exactly as the service runs them: each FER2013 train face
+(never test/) is upscaled, set in a neutral border (so the detector sees the whole crop),
+detected, and the crop's side is compared with the box's.
 
-    python bench/crop_margin.py --data ../shared/data/fer2013.zip [--images 3000]
+    python -m training crop-margin --data ../shared/data/fer2013.zip [--images 3000]
         [--detector haar|blazeface] [--raw]
 
-It reads train/ only (never test/), prints the distribution and the median. For the Haar
-cascade (the default here) the median goes into `[export] crop_margin` of the training config
-and from there into the model's contract. With `--detector blazeface --raw` it measures
-BlazeFace's own boxes, uncorrected, and prints the box correction that makes them frame the
-face as Haar boxes do (side and centre, from the two medians), which
+For the Haar cascade (the default) the median goes into `[export] crop_margin` (the default in
+training/config.py) and from there into the model's contract. With `--detector blazeface --raw`
+it measures BlazeFace's own boxes, uncorrected, and prints the box correction that makes them
+frame the face as Haar boxes do (side and centre, from the two medians), which
 `training/face_detector.py` writes into face_detector.onnx; without `--raw` it checks that the
-shipped correction does so (margin ~ the Haar margin, centre offset ~ the Haar offset).
+shipped correction does so. The last recorded figures: docs/studies/crop_margin.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from service.blazeface import BlazeFaceDetector
 from service.faces import FaceDetector
 from service.haar import HaarDetector
-from service.settings import DEFAULT_FACE_DETECTOR_PATH
 from training.data import read_splits
 
 UPSCALE = 4  # 48 px -> 192 px, a face size the detector sees in ordinary photos
@@ -83,27 +78,16 @@ def correction(blazeface: dict[str, object], haar: dict[str, object]) -> dict[st
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detector", choices=("haar", "blazeface"), default="haar")
-    parser.add_argument("--model", type=Path, default=DEFAULT_FACE_DETECTOR_PATH)
-    parser.add_argument("--raw", action="store_true", help="BlazeFace boxes, uncorrected")
-    args = parser.parse_args()
-    train = read_splits(args.data)[0]["train"]
-    pick = np.random.default_rng(args.seed).choice(len(train), args.images, replace=False)
+def crop_margin(data: Path, images: int, seed: int, detector: str, model: Path, raw: bool) -> str:
+    """The measurement as JSON: Haar's always, and BlazeFace's (with its correction) when asked."""
+    train = read_splits(data)[0]["train"]
+    pick = np.random.default_rng(seed).choice(len(train), images, replace=False)
     faces = train.x[pick]
     haar = measure(faces, HaarDetector())
-    result = {"haar": haar}
-    if args.detector == "blazeface":
-        blazeface = BlazeFaceDetector(args.model, correct_boxes=not args.raw)
-        result["blazeface" + (" (raw boxes)" if args.raw else "")] = measure(faces, blazeface)
-        if args.raw:
+    result: dict[str, object] = {"haar": haar}
+    if detector == "blazeface":
+        blazeface = BlazeFaceDetector(model, correct_boxes=not raw)
+        result["blazeface" + (" (raw boxes)" if raw else "")] = measure(faces, blazeface)
+        if raw:
             result["box_correction"] = correction(result["blazeface (raw boxes)"], haar)
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return json.dumps(result, indent=2)
