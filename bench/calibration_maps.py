@@ -18,7 +18,6 @@ decision is logged there. Takes about a minute on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from scipy.optimize import minimize
 from scipy.special import softmax
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 

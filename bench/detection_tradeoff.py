@@ -35,15 +35,14 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 
+from harness.photos import VIDEO_SIZES, face_in_scene, scene  # noqa: E402
 from service.blazeface import BlazeFaceDetector  # noqa: E402
 from service.faces import FaceDetector  # noqa: E402
 from service.haar import HaarDetector  # noqa: E402
 from service.settings import DEFAULT_FACE_DETECTOR_PATH  # noqa: E402
-from tests.service.photos import VIDEO_SIZES, face_in_scene, scene  # noqa: E402
 
 SIDES = (320, 400, 480, 640)
 FACE_SIZES = (32, 48, 72, 96, 144, 200)

@@ -15,16 +15,13 @@ bench/results/detector_crops.{json,md}.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from crop_margin import UPSCALE  # noqa: E402
 from serve_report import write_results  # noqa: E402
 
 from service.blazeface import BlazeFaceDetector  # noqa: E402
@@ -33,6 +30,7 @@ from service.haar import HaarDetector  # noqa: E402
 from service.model import EmotionModel  # noqa: E402
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_MODEL_PATH  # noqa: E402
 from training.compare import validation_split_of  # noqa: E402
+from training.crop_margin import UPSCALE  # noqa: E402
 
 
 def framed(face: np.ndarray) -> np.ndarray:

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from model_latency import per_face_ms, session_on_one_thread
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from bench.model_latency import per_face_ms, session_on_one_thread  # noqa: E402
-from contract.provenance import machine_description  # noqa: E402
-from training.ensemble import EVIDENCE_FILE  # noqa: E402
+from contract.provenance import machine_description
+from training.ensemble import EVIDENCE_FILE
 
 
 def cost(model: Path, runs: int) -> str:

@@ -24,7 +24,6 @@ import argparse
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,15 +35,14 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import versions, write_results  # noqa: E402
 
+from harness.load import run_load  # noqa: E402
+from harness.photos import scene_jpeg  # noqa: E402
+from harness.raw_http import idle_connections, trickling_uploads  # noqa: E402
+from harness.server import ServiceProcess, service_process  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.service.load import run_load  # noqa: E402
-from tests.service.photos import scene_jpeg  # noqa: E402
-from tests.service.raw_http import idle_connections, trickling_uploads  # noqa: E402
-from tests.service.server import ServiceProcess, service_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 WARM_UP_REQUESTS = 200

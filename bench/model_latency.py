@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from contract.provenance import machine_description  # noqa: E402  (after the path is set)
+from contract.provenance import machine_description  # noqa: E402
 
 
 def session_on_one_thread(model: Path) -> ort.InferenceSession:

@@ -15,13 +15,11 @@ reads PublicTest, to report, never to choose.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import cv2
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 

@@ -17,14 +17,12 @@ training environment (TensorFlow converts the classifier); takes about 3 minutes
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 

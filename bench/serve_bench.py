@@ -30,7 +30,6 @@ import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 # Starlette asks TestClient users to move from httpx to httpx2; httpx is what is pinned.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
@@ -38,15 +37,15 @@ from fastapi.testclient import TestClient  # noqa: E402
 from model_latency import per_face_ms, session_on_one_thread  # noqa: E402
 from serve_report import markdown, versions, write_results  # noqa: E402
 
-import service.pipeline  # noqa: E402  (after the path is set)
+import service.pipeline  # noqa: E402
+from harness.load import LoadRun, run_load  # noqa: E402
+from harness.photos import VIDEO_SIZES, face_crop_png, face_in_scene, scene_jpeg  # noqa: E402
+from harness.server import ServiceProcess, service_process  # noqa: E402
 from service.app import create_app  # noqa: E402
 from service.images import decode_upright  # noqa: E402
 from service.pipeline import EmotionPipeline  # noqa: E402
 from service.schemas import DetectMode  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.service.load import LoadRun, run_load  # noqa: E402
-from tests.service.photos import VIDEO_SIZES, face_crop_png, face_in_scene, scene_jpeg  # noqa: E402
-from tests.service.server import ServiceProcess, service_process  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 PHOTO_SIZE = (640, 480)

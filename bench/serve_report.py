@@ -20,9 +20,7 @@ import numpy
 import onnxruntime
 import PIL
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from contract.provenance import machine_description  # noqa: E402  (after the path is set)
+from contract.provenance import machine_description
 
 VIDEO_SIZES = ("427x240", "854x480", "1280x720", "1920x1080")
 

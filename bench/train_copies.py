@@ -14,14 +14,12 @@ Reporting only: nothing here feeds a choice.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import write_results  # noqa: E402
 

@@ -37,13 +37,12 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_report import versions, write_results  # noqa: E402
 
-from tests.service.load import run_load  # noqa: E402
-from tests.service.photos import jpeg, scene  # noqa: E402
-from tests.service.server import ServiceProcess, service_process  # noqa: E402
+from harness.load import run_load  # noqa: E402
+from harness.photos import jpeg, scene  # noqa: E402
+from harness.server import ServiceProcess, service_process  # noqa: E402
 
 FER_VENV = REPO / "bench" / ".fer-venv"
 FER_REQUIREMENTS = REPO / "bench" / "fer-requirements.txt"

@@ -31,15 +31,14 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from serve_bench import rss_mb  # noqa: E402
 from serve_report import versions, write_results  # noqa: E402
 from versus_fer import fer_python  # noqa: E402
 
+from harness.server import ServiceProcess, service_process  # noqa: E402
+from harness.videos import place, portrait_at  # noqa: E402
 from service.settings import DEFAULT_MODEL_PATH  # noqa: E402
-from tests.service.server import ServiceProcess, service_process  # noqa: E402
-from tests.service.videos import place, portrait_at  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SHORT_SIZE, LONG_SIZE = (596, 336), (640, 480)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
+from harness.server import running_service
 from scripts.screenshots import _to_palette
 from service.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT
 from tests.service.browser import find_chromium, launched_chromium
-from tests.service.server import running_service
 from tests.service.test_live_page import FAKE_CAMERA, portrait_camera
 
 LIVE_MODE = "live-mode.png"

@@ -23,8 +23,8 @@ def data_dir() -> Path:
 
 
 SLOW_CALLS = {
-    "tests.service.server.service_process",  # a real `python -m service`
-    "tests.service.server.running_service",
+    "harness.server.service_process",  # a real `python -m service`
+    "harness.server.running_service",
     "tests.service.browser.launched_chromium",  # Chromium
     "training.train.train",  # a network trained
     "subprocess",  # a fresh Python: TensorFlow or the service imported anew, seconds before work

@@ -12,8 +12,8 @@ import av
 import cv2
 import pytest
 
+from harness.videos import frames, pan, write_video
 from service.analyze import main
-from tests.service.videos import frames, pan, write_video
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from contract.emotion import LABELS
+from harness.server import running_service
 from service.app import create_app
 from service.faces import FaceBox, crop_face
 from service.images import ImageLimits, decode_grayscale
 from service.model import EmotionModel
 from service.settings import Settings
 from tests.service.conftest import encode
-from tests.service.server import running_service
 from tests.service.test_bad_input import BAD_FILES
 
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from contract.detector import METADATA_KEY, AnchorOptions, DetectorMetadata
+from harness.photos import VIDEO_SIZES, face_in_scene, scene, scene_jpeg
 from service.blazeface import BlazeFaceDetector, DetectorError, ssd_anchors, weighted_nms
 from service.faces import FaceBox
 from service.haar import HaarDetector
 from service.settings import DEFAULT_FACE_DETECTOR_PATH
-from tests.service.photos import VIDEO_SIZES, face_in_scene, scene, scene_jpeg
 from tests.service.test_faces import FACE_CENTRE, centre
 
 

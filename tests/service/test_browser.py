@@ -21,10 +21,10 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, e
 from playwright.sync_api import Error as PlaywrightError
 
 from contract.emotion import LABELS
+from harness.server import running_service
 from scripts.screenshots import API_DOCS, DEMO_PAGE, take_screenshots
 from tests.service.browser import NO_CHROMIUM, find_chromium, in_ci, launched_chromium
 from tests.service.conftest import PORTRAIT, encode
-from tests.service.server import running_service
 
 SERVICE_NAME = "emotion.test"
 TIMEOUT_MS = 20_000

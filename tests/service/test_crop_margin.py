@@ -18,9 +18,9 @@ import onnxruntime as ort
 import pytest
 
 from contract.emotion import LABELS, ModelContract
+from harness.server import running_service
 from tests.service.conftest import encode
 from tests.service.onnx_models import build_emotion_model
-from tests.service.server import running_service
 
 MARGIN = 1.3
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.photos import scene
 from service.faces import FaceBox, crop_face, crop_square, crop_whole_image, shrink
 from service.haar import HaarDetector
-from tests.service.photos import scene
 
 # Where the portrait's one face is (measured once, by eye and by the cascade): a box around
 # Eileen Collins's face, about 95 pixels wide, its centre near (224, 113).

@@ -21,9 +21,9 @@ import httpx
 import psutil
 import pytest
 
+from harness.load import LoadRun, run_load
+from harness.server import ServiceProcess, can_mount_privately, service_process
 from service.uploads import DISK_FULL
-from tests.service.load import LoadRun, run_load
-from tests.service.server import ServiceProcess, can_mount_privately, service_process
 from tests.service.test_slow_clients import metric
 
 LOAD_CLIENTS = 4

@@ -28,11 +28,11 @@ from PIL import Image
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from harness.photos import face_crop_png, scene
+from harness.server import running_service
 from service.app import create_app
 from service.settings import Settings
 from tests.service.conftest import PORTRAIT, encode
-from tests.service.photos import face_crop_png, scene
-from tests.service.server import running_service
 from tests.service.test_images import png_claiming
 
 EXAMPLES_PER_OPERATION = 40

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.raw_http import declare_and_wait, stream_until_answered
+from harness.server import running_service
 from tests.service.conftest import encode
-from tests.service.raw_http import declare_and_wait, stream_until_answered
-from tests.service.server import running_service
 from tests.service.test_images import png_claiming, sixteen_bit_png
 
 MEGABYTE = 1024 * 1024

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.photos import scene
 from service.images import (
     ImageLimits,
     ImageRejected,
@@ -20,7 +21,6 @@ from service.images import (
     decode_upright,
 )
 from tests.service.conftest import encode
-from tests.service.photos import scene
 
 LIMITS = ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000, max_aspect_ratio=20.0)
 

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.server import service_process
 from service.deadline import timed_out_detail, upload_timed_out_detail
 from tests.service.conftest import encode
-from tests.service.server import service_process
 
 BOUNDARY = "sl0wb0undary"
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, expect
 
+from harness.server import running_service
+from harness.videos import place, portrait_at
 from tests.service.browser import NO_CHROMIUM, find_chromium, in_ci, launched_chromium
-from tests.service.server import running_service
-from tests.service.videos import place, portrait_at
 
 TIMEOUT_MS = 30_000
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.load import LoadRun, run_load, watching_health
+from harness.photos import scene_jpeg
+from harness.server import ServiceProcess, service_process
 from tests.service.conftest import PORTRAIT
-from tests.service.load import LoadRun, run_load, watching_health
-from tests.service.photos import scene_jpeg
-from tests.service.server import ServiceProcess, service_process
 from tests.service.test_limits import _count
 
 WORKER_THREADS = 2

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.server import service_process
 from service.metrics import REJECTION_REASONS, STAGES
 from tests.service.conftest import encode
-from tests.service.server import service_process
 from tests.service.test_images import png_claiming
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.photos import scene
 from tests.service.conftest import encode
-from tests.service.photos import scene
 
 
 def _face_centre(answer: dict) -> tuple[float, float]:

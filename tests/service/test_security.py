@@ -18,8 +18,8 @@ import httpx
 import pytest
 import yaml
 
+from harness.server import can_mount_privately, free_port, running_service, service_env
 from service.security import API_KEY_HEADER, MISSING, WRONG
-from tests.service.server import can_mount_privately, free_port, running_service, service_env
 from tests.service.test_limits import read_response, slow_upload
 from tests.service.test_serve_env import dockerfile_instructions
 

@@ -20,8 +20,8 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from harness.server import free_port, running_service, service_env
 from tests.service.onnx_models import build_emotion_model
-from tests.service.server import free_port, running_service, service_env
 from tests.service.test_pages import parsed
 
 TRAINING_PACKAGES = ("tensorflow", "keras", "tf2onnx")

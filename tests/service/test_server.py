@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from harness.raw_http import declare_and_wait, stream_until_answered
+from harness.server import running_service, service_env
 from tests.service.onnx_models import build_emotion_model
-from tests.service.raw_http import declare_and_wait, stream_until_answered
-from tests.service.server import running_service, service_env
 
 UPLOAD_LIMIT = 1024 * 1024
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.service.server import service_process
+from harness.server import service_process
 from tests.service.test_limits import (
     BOUNDARY,
     read_response,

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness.raw_http import idle_connections, open_upload, trickling_uploads
+from harness.server import service_process
 from service.upload_gate import too_many_bytes_detail, too_many_uploads_detail
-from tests.service.raw_http import idle_connections, open_upload, trickling_uploads
-from tests.service.server import service_process
 from tests.service.test_limits import _count, read_response
 
 SLOW_UPLOADS = 40

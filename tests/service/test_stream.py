@@ -12,8 +12,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from tests.service.server import running_service
-from tests.service.videos import frames, pan
+from harness.server import running_service
+from harness.videos import frames, pan
 
 KEY = "stream-test-key"
 

@@ -13,9 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.video.decode import SAFE_OPTIONS
-from tests.service.server import running_service
-from tests.service.videos import (
+from harness.server import running_service
+from harness.videos import (
     leaves_and_returns,
     pan,
     place,
@@ -24,6 +23,7 @@ from tests.service.videos import (
     write_video,
     zoom,
 )
+from service.video.decode import SAFE_OPTIONS
 
 LABELS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 LIMITS = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.videos import pan, write_video
 from service.app import load_detector
 from service.faces import FaceBox
 from service.images import ImageLimits
@@ -19,7 +20,6 @@ from service.schemas import DetectMode
 from service.settings import Settings
 from service.video.analysis import DETECTION_INTERVAL, FaceFollower, analyse_frames
 from service.video.decode import VideoLimits, VideoReader
-from tests.service.videos import pan, write_video
 
 
 @dataclass

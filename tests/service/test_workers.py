@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.provenance import machine_description
+from harness.server import service_process
 from service.cpus import ThreadBudget, available_cpus, cgroup_cpu_quota
-from tests.service.server import service_process
 
 
 def _predict_total(metrics_text: str) -> float:

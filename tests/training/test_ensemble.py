@@ -23,8 +23,8 @@ from contract.emotion import (
     TRAINING_KEY,
     ModelContract,
 )
+from harness.server import running_service
 from service.model import EmotionModel
-from tests.service.server import running_service
 from tests.training.conftest import write_zip
 from training.__main__ import main
 from training.compare import compare, report

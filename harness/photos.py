@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from tests.conftest import DATA_DIR
-
-PORTRAIT_FILE = DATA_DIR / "astronaut.jpg"
+PORTRAIT_FILE = Path(__file__).resolve().parent.parent / "tests" / "data" / "astronaut.jpg"
+"""NASA's public-domain portrait (tests/data/README.md), which every scene is made of."""
 
 VIDEO_SIZES = ((427, 240), (854, 480), (1280, 720), (1920, 1080))
 """16:9 frames from 240p to 1080p: 20x the pixels from first to last."""

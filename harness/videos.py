@@ -9,9 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.conftest import DATA_DIR
-
-PORTRAIT = DATA_DIR / "astronaut.jpg"
+from harness.photos import PORTRAIT_FILE as PORTRAIT
 
 SIZE = (320, 240)
 RATE = 10
