@@ -52,7 +52,12 @@ def exec_form(arguments: str) -> list[str]:
 
 def test_dockerfile_copies_only_what_serving_needs_and_runs_unprivileged(repo_root):
     dockerfile = repo_root / "Dockerfile.serve"
-    assert sorted(copy_sources(dockerfile)) == ["artifacts/", "requirements-serve.txt", "service/"]
+    assert sorted(copy_sources(dockerfile)) == [
+        "artifacts/",
+        "contract/",
+        "requirements-serve.txt",
+        "service/",
+    ]
     assert dockerfile_instructions(dockerfile, "FROM") == ["python:3.11-slim"]
     (user,) = dockerfile_instructions(dockerfile, "USER")
     assert user not in ("root", "0")
