@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -234,8 +236,20 @@ def train(
         raise TeacherError(f"train.teacher: no model file at {config.train.teacher}")
     if not resume:
         prepare_run_dir(out, resume)
-    with claimed(out):
+    with claimed(out), dtype_policy_kept():
         return fit_and_ship(data, out, config, seed, limit, resume)
+
+
+@contextmanager
+def dtype_policy_kept() -> Iterator[None]:
+    """Give Keras's global dtype policy back as it was: a run sets its own precision, and a
+    caller that goes on in the same process (a test, a notebook) must not inherit bfloat16 from
+    it, least of all from a run that stopped on an error."""
+    policy = keras.mixed_precision.dtype_policy()
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
 
 
 def fit_and_ship(
