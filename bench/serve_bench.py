@@ -7,7 +7,7 @@ Starts the real service (`python -m service`, its default settings plus whatever
 sets: `DETECTION_MAX_SIDE=480 python bench/serve_bench.py` measures another setting) on a free
 port, talks to it over loopback, and also runs its pipeline in this process to time each stage.
 Prints a markdown table and writes bench/results/serve_bench.{json,md}. The photos are built at
-run time from the real portrait (tests/service/photos.py). Figures name the machine; a busy
+run time from the real portrait (harness/photos.py). Figures name the machine; a busy
 machine (a training run) makes them slower and noisier: the load average is recorded with them.
 """
 

@@ -6,7 +6,7 @@ client sending 15 frames a second.
     python bench/video_bench.py [--model artifacts/emotion.onnx] [--long-seconds 600]
 
 Starts the real service (`python -m service`) on a free port and talks to it over loopback. The
-videos are made at run time from the portrait in tests/data (tests/service/videos.py's scenes,
+videos are made at run time from the portrait in tests/data (harness/videos.py's scenes,
 drawn at the bench's sizes): a pan, a zoom and two faces for the short ones, the pan back and
 forth for the long one. `fer`, the reference, takes 25-32 ms a frame in-process on such videos
 on this machine (31-40 frames/s); the target is 2x that over HTTP, the goal 3x. Writes

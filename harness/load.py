@@ -1,6 +1,6 @@
 """Closed-loop HTTP load: N clients, each posting photos one after another for a fixed time.
 
-Shared by the load test (tests/service/test_load.py) and the benchmark (bench/serve_bench.py).
+Shared by the load test (tests/system/test_load.py) and the benchmark (bench/serve_bench.py).
 Each client is one keep-alive connection that sends its next request as soon as the last one is
 answered, as a webcam loop or a batch job does; every request's outcome is recorded, failures
 (timeouts, dropped connections) included, so a caller can count them instead of losing them.

@@ -3,7 +3,7 @@
     .venv/bin/python -m scripts.live_screenshot [--out docs/screenshots/live-mode.png]
 
 Starts `python -m service` on the shipped model and plays the portrait in tests/data, moving
-slowly, as Chromium's fake camera (the Y4M tests/service/test_live_page.py makes); once the page
+slowly, as Chromium's fake camera (the Y4M harness/browser.py makes); once the page
 has drawn a few seconds of answers, saves the Live panel.
 """
 
@@ -15,11 +15,10 @@ from pathlib import Path
 
 from playwright.sync_api import expect
 
+from harness.browser import FAKE_CAMERA, find_chromium, launched_chromium, portrait_camera
 from harness.server import running_service
 from scripts.screenshots import _to_palette
 from service.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT
-from tests.service.browser import find_chromium, launched_chromium
-from tests.service.test_live_page import FAKE_CAMERA, portrait_camera
 
 LIVE_MODE = "live-mode.png"
 

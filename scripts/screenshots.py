@@ -19,10 +19,10 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Browser
 
+from harness.browser import NO_CHROMIUM, find_chromium, launched_chromium
+from harness.photos import PORTRAIT_FILE as PORTRAIT
 from harness.server import running_service
 from service.settings import DEFAULT_MODEL_PATH, PROJECT_ROOT
-from tests.service.browser import NO_CHROMIUM, find_chromium, launched_chromium
-from tests.service.conftest import PORTRAIT
 
 VIEWPORT = {"width": 1200, "height": 860}
 DEMO_PAGE = "demo-page.png"

@@ -1,5 +1,14 @@
-"""Fixtures shared by every test. Keep this light: nothing here may import TensorFlow or the
-service, so either half's tests run without the other's heavy imports."""
+"""What every test shares, and where the suite's kinds live:
+
+    unit/service, unit/training   fast, in-process: one module or the app through its ASGI client
+    integration/                  whole tiny training runs (train, export, resume, ensemble) and
+                                  the shipped model's own figures
+    system/                       a real `python -m service` over HTTP, Chromium, load, fuzz, faults
+    packaging/                    the Dockerfiles, compose, Kubernetes and the README's tables
+
+Fixtures live in tests/fixtures/ (loaded for every folder below); nothing here imports
+TensorFlow, so the service's tests never pay for it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,8 @@ import types
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.fixtures.service", "tests.fixtures.training"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -25,7 +36,7 @@ def data_dir() -> Path:
 SLOW_CALLS = {
     "harness.server.service_process",  # a real `python -m service`
     "harness.server.running_service",
-    "tests.service.browser.launched_chromium",  # Chromium
+    "harness.browser.launched_chromium",  # Chromium
     "training.train.train",  # a network trained
     "subprocess",  # a fresh Python: TensorFlow or the service imported anew, seconds before work
 }
