@@ -230,7 +230,8 @@ def pinned_closure() -> set[str]:
 
 
 # Imported only when KERAS_BACKEND selects that backend (the GPU machine brings its own); the
-# dev requirements install jax for tests/integration/training/test_jax_backend.py, the image does not.
+# dev requirements install jax for tests/integration/training/test_jax_backend.py, the image
+# does not.
 OTHER_KERAS_BACKENDS = {"jax"}
 
 
