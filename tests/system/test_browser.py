@@ -21,27 +21,13 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, e
 from playwright.sync_api import Error as PlaywrightError
 
 from contract.emotion import LABELS
-from harness.browser import NO_CHROMIUM, find_chromium, in_ci, launched_chromium
+from harness.browser import launched_chromium
 from harness.server import running_service
 from scripts.screenshots import API_DOCS, DEMO_PAGE, take_screenshots
 from tests.fixtures.service import PORTRAIT, encode
 
 SERVICE_NAME = "emotion.test"
 TIMEOUT_MS = 20_000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        message = (
-            f"{NO_CHROMIUM} (looked for $CHROMIUM, chromium, chromium-browser): "
-            "install Debian's with `apt-get install chromium`"
-        )
-        if in_ci():
-            pytest.fail(f"{message}; CI must run the browser tests", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -12,26 +12,12 @@ from playwright.sync_api import Browser, expect
 
 from harness.browser import (
     FAKE_CAMERA,
-    NO_CHROMIUM,
-    find_chromium,
-    in_ci,
     launched_chromium,
     portrait_camera,
 )
 from harness.server import running_service
 
 TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        message = f"{NO_CHROMIUM}: install Debian's with `apt-get install chromium`"
-        if in_ci():
-            pytest.fail(f"{message}; CI must run the browser tests", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")
