@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         description="onnxruntime threads per inference in each process; 0: the process's share "
         "of the CPUs, max(1, CPUs // WORKERS), for the emotion model and for BlazeFace. 1 gives up "
         "~12 % of one-client latency for ~10 % more photos/s at saturation (measured in "
-        "[bench/results](bench/results/serve_bench.md)).",
+        "bench/results/serve_bench.md).",
     )
     opencv_threads: int = Field(
         0,
