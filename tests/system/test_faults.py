@@ -30,9 +30,18 @@ LOAD_CLIENTS = 4
 
 
 def _workers(service: ServiceProcess) -> set[int]:
-    """The pids of the worker processes uvicorn's supervisor has started (not its helpers)."""
-    children = psutil.Process(service.process.pid).children()
-    return {child.pid for child in children if "spawn_main" in " ".join(child.cmdline())}
+    """The pids of the live worker processes uvicorn's supervisor has started (not its helpers).
+
+    A worker just killed stays a zombie until the supervisor reaps it: it is no worker any more,
+    and its command line can no longer be read."""
+    workers = set()
+    for child in psutil.Process(service.process.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.add(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return workers
 
 
 def _serving_pids(output: str) -> list[str]:
