@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from serve_report import versions, write_results  # noqa: E402
 
+from harness.background import in_background  # noqa: E402
 from harness.load import run_load  # noqa: E402
 from harness.photos import scene_jpeg  # noqa: E402
 from harness.raw_http import idle_connections, trickling_uploads  # noqa: E402
@@ -92,13 +93,8 @@ def normal_client(url: str, photo: bytes, every: float) -> Iterator[list[dict[st
             )
             done.wait(every)
 
-    client = threading.Thread(target=post, name="normal-client")
-    client.start()
-    try:
+    with in_background(post, "normal-client", stop=done):
         yield answers
-    finally:
-        done.set()
-        client.join()
 
 
 def summary(answers: list[dict[str, Any]]) -> dict[str, Any]:

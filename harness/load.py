@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from harness.background import in_background
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -165,10 +167,5 @@ def watching_health(
                 watch.slowest = max(watch.slowest, time.perf_counter() - started)
                 done.wait(every)
 
-    poller = threading.Thread(target=poll, name="health-watch", daemon=True)
-    poller.start()
-    try:
+    with in_background(poll, "health-watch", stop=done):
         yield watch
-    finally:
-        done.set()
-        poller.join()

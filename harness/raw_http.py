@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from harness.background import in_background
+
 BOUNDARY = "b0undary"
 PIECE = b"\xff" * 65536
 
@@ -143,13 +145,10 @@ def trickling_uploads(server: str, count: int, every: float = 1.0) -> Iterator[T
                 except OSError:
                     trickle.closed[index] = True
 
-    sender = threading.Thread(target=send_bytes, name="trickle", daemon=True)
-    sender.start()
     try:
-        yield trickle
+        with in_background(send_bytes, "trickle", stop=stop):
+            yield trickle
     finally:
-        stop.set()
-        sender.join()
         for sock in trickle.sockets:
             sock.close()
 

@@ -10,7 +10,6 @@ has arrived, so the tests that fill the places send batches that take a while to
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -20,6 +19,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.background import in_background
 from harness.server import service_process
 from service.deadline import timed_out_detail, upload_timed_out_detail
 from tests.fixtures.service import encode
@@ -204,12 +204,8 @@ def analysing(url: str, photos: list[tuple[str, bytes]]) -> Iterator[list[int]]:
         with httpx.Client(base_url=url, timeout=60) as http:
             statuses.append(http.post("/predict/batch", files=photos).status_code)
 
-    poster = threading.Thread(target=post, name="batch")
-    poster.start()
-    try:
+    with in_background(post, "batch"):
         yield statuses
-    finally:
-        poster.join()
 
 
 def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(
