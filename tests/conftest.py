@@ -38,6 +38,7 @@ SLOW_CALLS = {
     "harness.server.running_service",
     "harness.browser.launched_chromium",  # Chromium
     "training.train.train",  # a network trained
+    "tests.fixtures.training.run_killed_after",
     "subprocess",  # a fresh Python: TensorFlow or the service imported anew, seconds before work
 }
 """A test that calls one of these, itself, through its fixtures or through a helper of its own

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,26 +24,12 @@ from training.data import read_splits
 from training.export import export_run, run_dataset
 from training.run_dir import AVERAGED_WEIGHTS, logged_epochs
 
-# An import hook that finds none of these packages, as on the GPU machine (an entry of None in
-# sys.modules would not do: Keras takes any "tensorflow" key there as TensorFlow being loaded).
-WITHOUT_TENSORFLOW = """
-import importlib.abc, sys
 
-class NoTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "tf2onnx", "onnxruntime"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, NoTensorFlow())
-from training.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def train_on_jax(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def train_on_jax(
+    python_without_tensorflow: Path, repo_root: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
     finished = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW, "train", *args],
+        [str(python_without_tensorflow), "-m", "training", "train", *args],
         cwd=repo_root,
         env={**os.environ, "KERAS_BACKEND": "jax"},
         capture_output=True,
@@ -56,14 +41,20 @@ def train_on_jax(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str
 
 
 def test_a_run_trained_on_jax_without_tensorflow_exports_here(
-    tmp_path: Path, tiny_zip: Path, smoke_config: Path, repo_root: Path
+    tmp_path: Path,
+    tiny_zip: Path,
+    smoke_config: Path,
+    repo_root: Path,
+    python_without_tensorflow: Path,
 ) -> None:
     config = tmp_path / "swa.toml"
     recipe = smoke_config.read_text().replace("swa_epochs = 0", "swa_epochs = 1")
     config.write_text(recipe + '\n[export]\nquantize = "none"\n')
     out = tmp_path / "run"
     finished = train_on_jax(
-        repo_root, "--data", str(tiny_zip), "--out", str(out), "--config", str(config)
+        python_without_tensorflow,
+        repo_root,
+        *("--data", str(tiny_zip), "--out", str(out), "--config", str(config)),
     )
     assert f"python -m training export --run {out}" in finished.stdout
     record = json.loads((out / "run.json").read_text())
@@ -81,7 +72,11 @@ def test_a_run_trained_on_jax_without_tensorflow_exports_here(
 
 
 def test_a_run_started_on_tensorflow_goes_on_on_jax(
-    finished_run: Path, tmp_path: Path, tiny_zip: Path, repo_root: Path
+    finished_run: Path,
+    tmp_path: Path,
+    tiny_zip: Path,
+    repo_root: Path,
+    python_without_tensorflow: Path,
 ) -> None:
     """A checkpoint (weights and optimiser state) is a Keras file that either backend reads, so
     a long CPU run can finish on a GPU machine: two epochs here, the third on JAX."""
@@ -89,7 +84,9 @@ def test_a_run_started_on_tensorflow_goes_on_on_jax(
     shutil.copytree(finished_run, out)
 
     finished = train_on_jax(
-        repo_root, "--data", str(tiny_zip), "--out", str(out), "--resume", "--epochs", "3"
+        python_without_tensorflow,
+        repo_root,
+        *("--data", str(tiny_zip), "--out", str(out), "--resume", "--epochs", "3"),
     )
     assert "is an earlier session's export, without this session's epochs" in finished.stderr
     record = json.loads((out / "run.json").read_text())

@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -19,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.fixtures.training import run_killed_after
 from training.averaging import WeightAverage, load_average
 from training.callbacks import SaveBestClassifier, make_callbacks
 from training.carry import BEST_STATE, MAX_CARRIED_BYTES, restore_trimmed, trim
@@ -84,23 +81,9 @@ def as_multiset(arrays: list[np.ndarray]) -> list[tuple[tuple[int, ...], float]]
 def killed_run(tmp_path_factory: pytest.TempPathFactory, tiny_zip: Path) -> Path:
     """A run of the averaging recipe, killed (SIGKILL, no chance to tidy up) a few epochs into
     its weight averaging: what a working period leaves when it ends mid-run."""
-    root = tmp_path_factory.mktemp("killed")
-    config, out = root / "averaging.toml", root / "run"
-    config.write_text(AVERAGING_RECIPE)
-    command = [sys.executable, "-m", "training", "train", "--data", str(tiny_zip)]
-    command += ["--out", str(out), "--config", str(config)]
-    process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    out = run_killed_after(
+        KILL_AFTER_EPOCHS, tiny_zip, AVERAGING_RECIPE, tmp_path_factory.mktemp("killed")
     )
-    try:
-        deadline = time.monotonic() + 300
-        while len(logged_epochs(out)) < KILL_AFTER_EPOCHS:
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run never reached its kill point"
-            time.sleep(0.05)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
     assert len(logged_epochs(out)) < 63, "killed mid-run, not after it finished"
     return out
 
