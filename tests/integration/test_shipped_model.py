@@ -7,22 +7,65 @@ crops, or misreads an unmistakable smile on a real photo through the default det
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from contract.emotion import LABELS
+from contract.emotion import CONFIG_KEY, ENSEMBLE_KEY, LABELS
 from service.app import create_app
 from service.model import EmotionModel
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, Settings
 from tests.conftest import DATA_DIR, REPO_ROOT
+from training.config import DEFAULT_CONFIG, config_from_dict, load_config
 
 SHIPPED = REPO_ROOT / "artifacts" / "emotion.onnx"
 FER2013 = REPO_ROOT.parent / "shared" / "data" / "fer2013.zip"
+
+
+def networks_of(model: Path) -> list[Path]:
+    """The network files a shipped model is made of: itself, or for an ensemble each member's own
+    export, found by its id in training/members/ (where every member is committed)."""
+    metadata = onnx_metadata(model)
+    if ENSEMBLE_KEY not in metadata:
+        return [model]
+    committed = {
+        hashlib.sha256(path.read_bytes()).hexdigest(): path
+        for path in (REPO_ROOT / "training" / "members").glob("*/emotion.onnx")
+    }
+    ids = [member["id"] for member in json.loads(metadata[ENSEMBLE_KEY])["members"]]
+    missing = [member_id[:12] for member_id in ids if member_id not in committed]
+    assert not missing, f"members {missing} of {model} are not committed in training/members/"
+    return [committed[member_id] for member_id in ids]
+
+
+def onnx_metadata(model: Path) -> dict[str, str]:
+    return ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
+
+
+def test_every_network_shipped_is_committed_with_its_evidence() -> None:
+    """An ensemble's members can be rebuilt into it, and checked: each is in training/members/
+    with the PublicTest metrics its own evaluate step wrote."""
+    for network in networks_of(SHIPPED):
+        evidence = network.parent / "metrics.json"
+        assert network == SHIPPED or evidence.is_file(), f"{evidence} is missing"
+        assert network.stat().st_size <= 10_000_000, f"{network} is over 10 MB"
+
+
+def test_the_default_config_is_a_shipped_recipe() -> None:
+    """`python -m training train` with no --config reproduces what artifacts/ ships: the one
+    network, or at least one member of the ensemble (others may be candidate recipes)."""
+    recipes = [
+        config_from_dict(json.loads(onnx_metadata(network)[CONFIG_KEY]))
+        for network in networks_of(SHIPPED)
+    ]
+    assert DEFAULT_CONFIG.exists()
+    assert load_config() in recipes
 
 
 def test_the_product_ships_its_model_and_its_face_detector() -> None:
