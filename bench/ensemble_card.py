@@ -43,6 +43,13 @@ def cost(model: Path, runs: int) -> str:
     return f"{wall:.2f} / {float(np.percentile(cpu, 50)):.2f}"
 
 
+def member_name(file: str) -> str:
+    """A member as a reader finds it: its folder when, as in training/members/, every member's
+    file is called emotion.onnx."""
+    path = Path(file)
+    return path.parent.name if path.name == "emotion.onnx" and path.parent.name else path.name
+
+
 def trained_where(training: dict) -> str:
     """Where a member was trained, from its export's record: each working period's backend and
     accelerator (or CPU), once each; older exports record one backend and machine."""
@@ -79,7 +86,7 @@ def card(model: Path, runs: int) -> str:
         )
         where = trained_where(training)
         lines.append(
-            f"| {Path(candidate['file']).name} | {candidate['id'][:12]} | {where or '-'} | "
+            f"| {member_name(candidate['file'])} | {candidate['id'][:12]} | {where or '-'} | "
             f"{candidate['validation']['accuracy']:.4f} | {weights.get(candidate['id'], 0):.3f} | "
             f"{cost(Path(candidate['file']), runs)} |"
         )
@@ -94,7 +101,7 @@ def card(model: Path, runs: int) -> str:
     ]
     for number, step in enumerate(selection["steps"][: selection["chosen_round"]], start=1):
         lines.append(
-            f"| {number} | {Path(step['added']).name} | {step['members']} | "
+            f"| {number} | {member_name(step['added'])} | {step['members']} | "
             f"{step['accuracy']:.4f} | {step['nll']:.4f} |"
         )
     flip = "flip averaged, " if evidence["flip"]["chosen"] else ""
