@@ -25,7 +25,7 @@ from contract.emotion import (
 )
 from harness.server import running_service
 from service.model import EmotionModel
-from tests.fixtures.training import write_zip
+from tests.fixtures.training import exported_in_float, write_zip
 from training.__main__ import main
 from training.compare import compare, report
 from training.ensemble import EVIDENCE_FILE, ensemble
@@ -33,7 +33,7 @@ from training.ensemble_graph import build_graph, check_parity
 from training.ensemble_members import answers, flipped, load_member
 from training.ensemble_selection import Choice, Step, best_prefix, reference_probabilities
 from training.errors import EnsembleError
-from training.export import export_run, run_dataset
+from training.export import run_dataset
 from training.train import as_images, train
 
 MEMBER_CONFIG = """
@@ -306,21 +306,10 @@ def test_the_service_lists_the_members_over_http(
     )
 
 
-def float_member(run: Path, data: Path, out: Path) -> Path:
-    """The run exported again without int8 quantisation."""
-    copied = out / "run"
-    shutil.copytree(run, copied)
-    record = json.loads((copied / "run.json").read_text())
-    record["config"]["export"]["quantize"] = "none"
-    (copied / "run.json").write_text(json.dumps(record))
-    dataset = run_dataset(copied, data)
-    return export_run(copied, out, dataset.test, dataset.validation)
-
-
 def test_float_members_go_int8_only_where_validation_loses_nothing(
     runs: list[Path], member_data: Path, tmp_path: Path
 ) -> None:
-    member = float_member(runs[0], member_data, tmp_path)
+    member = exported_in_float(runs[0], member_data, tmp_path)
     assert not load_member(member).int8
     result = ensemble([member], member_data, tmp_path / "emotion.onnx")
     quantization = result.evidence["quantization"]

@@ -22,6 +22,7 @@ from contract.emotion import LABELS, ModelContract
 from contract.provenance import machine_description
 from tests.conftest import REPO_ROOT
 from tests.fixtures.damage import float_weights_perturbed, last_layer_answering
+from tests.fixtures.training import exported_in_float
 from training import export as export_module
 from training import quantize as quantize_module
 from training import train as train_module
@@ -350,13 +351,7 @@ def test_the_shipped_graph_is_int8_and_says_what_that_cost(
 
 
 def test_quantize_none_exports_float32(finished_run: Path, tiny_zip: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
-    record = json.loads((run / "run.json").read_text())
-    record["config"]["export"]["quantize"] = "none"
-    (run / "run.json").write_text(json.dumps(record))
-    dataset = run_splits(run, tiny_zip)
-    model = export_module.export_run(run, tmp_path, dataset.test, dataset.validation)
+    model = exported_in_float(finished_run, tiny_zip, tmp_path)
     assert "QuantizeLinear" not in operators(model)
     assert "emotion_quantization" not in session_for(model).get_modelmeta().custom_metadata_map
 
