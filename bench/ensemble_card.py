@@ -21,6 +21,7 @@ from model_latency import per_face_ms, session_on_one_thread
 
 from contract.provenance import machine_description
 from training.ensemble import EVIDENCE_FILE
+from training.ensemble_members import member_name
 
 
 def cost(model: Path, runs: int) -> str:
@@ -41,13 +42,6 @@ def cost(model: Path, runs: int) -> str:
         session.run(None, {name: image})
         cpu.append((time.thread_time() - started) * 1000)
     return f"{wall:.2f} / {float(np.percentile(cpu, 50)):.2f}"
-
-
-def member_name(file: str) -> str:
-    """A member as a reader finds it: its folder when, as in training/members/, every member's
-    file is called emotion.onnx."""
-    path = Path(file)
-    return path.parent.name if path.name == "emotion.onnx" and path.parent.name else path.name
 
 
 def trained_where(training: dict) -> str:
@@ -86,7 +80,7 @@ def card(model: Path, runs: int) -> str:
         )
         where = trained_where(training)
         lines.append(
-            f"| {member_name(candidate['file'])} | {candidate['id'][:12]} | {where or '-'} | "
+            f"| {member_name(Path(candidate['file']))} | {candidate['id'][:12]} | {where or '-'} | "
             f"{candidate['validation']['accuracy']:.4f} | {weights.get(candidate['id'], 0):.3f} | "
             f"{cost(Path(candidate['file']), runs)} |"
         )
@@ -101,7 +95,7 @@ def card(model: Path, runs: int) -> str:
     ]
     for number, step in enumerate(selection["steps"][: selection["chosen_round"]], start=1):
         lines.append(
-            f"| {number} | {member_name(step['added'])} | {step['members']} | "
+            f"| {number} | {member_name(Path(step['added']))} | {step['members']} | "
             f"{step['accuracy']:.4f} | {step['nll']:.4f} |"
         )
     flip = "flip averaged, " if evidence["flip"]["chosen"] else ""

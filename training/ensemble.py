@@ -170,7 +170,7 @@ def ensemble(
         "members": [
             {
                 "id": m.model_id,
-                "file": m.path.name,
+                "name": m.name,
                 "weight": float(w),
                 "validation": member_figures(a, faces.y),
                 "quantization": "int8" if m.int8 else "float",
@@ -305,7 +305,7 @@ def report(result: Result) -> str:
         f"{evidence['ensemble']['accuracy']:.4f}, NLL {evidence['ensemble']['nll']:.4f}",
         "members: "
         + ", ".join(
-            f"{m['file']} ({m['id'][:12]}…, weight {m['weight']:.3f}, {m['quantization']})"
+            f"{m['name']} ({m['id'][:12]}…, weight {m['weight']:.3f}, {m['quantization']})"
             for m in evidence["members"]
         ),
         f"parity: {evidence['parity']['max_difference']:.2e} over {evidence['parity']['faces']} "

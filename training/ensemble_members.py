@@ -25,6 +25,14 @@ BATCH = 256
 """Faces per onnxruntime call when scoring members: bounds the activations held at once."""
 
 
+def member_name(path: Path) -> str:
+    """A member as a reader finds it: its folder where the file is called emotion.onnx, as every
+    export and every member in training/members/ is; else its file name."""
+    if path.name == "emotion.onnx" and path.parent.name:
+        return path.parent.name
+    return path.name
+
+
 @dataclass
 class Member:
     """One exported model, as the ensemble reads it."""
@@ -39,6 +47,11 @@ class Member:
     """What its export recorded about its training (seed, backend, machine, prediction)."""
     logits_name: str | None
     """The tensor its final softmax reads (logits / temperature), if the graph ends in one."""
+
+    @property
+    def name(self) -> str:
+        """No host path: this goes into the ensemble's metadata, which `GET /model` serves."""
+        return member_name(self.path)
 
     @property
     def int8(self) -> bool:

@@ -174,6 +174,8 @@ def test_metadata_keeps_the_contract_and_lists_the_members(
     assert recorded["validation"]["accuracy"] == result.evidence["ensemble"]["accuracy"]
     assert recorded["split"] == result.evidence["validation"]["split"]
     for member in recorded["members"]:
+        # Named by its run's folder, as a reader finds it, and without the host's paths.
+        assert member["name"] in {path.parent.name for path in members}
         assert 0 <= member["validation"]["accuracy"] <= 1
         assert member["quantization"] == "int8"  # members already int8 are reused as they are
     # The service lists the members it read back.
