@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
@@ -22,6 +21,7 @@ from service.app import create_app
 from service.model import EmotionModel
 from service.settings import DEFAULT_FACE_DETECTOR_PATH, Settings
 from tests.conftest import DATA_DIR, REPO_ROOT
+from tests.fixtures.onnx_metadata import metadata_of
 from training.config import DEFAULT_CONFIG, config_from_dict, load_config
 
 SHIPPED = REPO_ROOT / "artifacts" / "emotion.onnx"
@@ -31,7 +31,7 @@ FER2013 = REPO_ROOT.parent / "shared" / "data" / "fer2013.zip"
 def networks_of(model: Path) -> list[Path]:
     """The network files a shipped model is made of: itself, or for an ensemble each member's own
     export, found by its id in training/members/ (where every member is committed)."""
-    metadata = onnx_metadata(model)
+    metadata = metadata_of(model)
     if ENSEMBLE_KEY not in metadata:
         return [model]
     committed = {
@@ -42,10 +42,6 @@ def networks_of(model: Path) -> list[Path]:
     missing = [member_id[:12] for member_id in ids if member_id not in committed]
     assert not missing, f"members {missing} of {model} are not committed in training/members/"
     return [committed[member_id] for member_id in ids]
-
-
-def onnx_metadata(model: Path) -> dict[str, str]:
-    return ort.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
 
 
 def test_every_network_shipped_is_committed_with_its_evidence() -> None:
@@ -61,7 +57,7 @@ def test_the_default_config_is_a_shipped_recipe() -> None:
     """`python -m training train` with no --config reproduces what artifacts/ ships: the one
     network, or at least one member of the ensemble (others may be candidate recipes)."""
     recipes = [
-        config_from_dict(json.loads(onnx_metadata(network)[CONFIG_KEY]))
+        config_from_dict(json.loads(metadata_of(network)[CONFIG_KEY]))
         for network in networks_of(SHIPPED)
     ]
     assert DEFAULT_CONFIG.exists()

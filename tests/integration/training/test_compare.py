@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 from contract.emotion import QUANTIZATION_KEY, TRAINING_KEY
 from service.model import EmotionModel
+from tests.fixtures.onnx_metadata import metadata_of, with_metadata
 from tests.fixtures.training import write_zip
 from training.__main__ import main
 from training.compare import Score, compare, mcnemar
@@ -37,22 +37,6 @@ def two_runs(
 @pytest.fixture(scope="module")
 def two_models(two_runs: list[Path]) -> list[Path]:
     return [run / "emotion.onnx" for run in two_runs]
-
-
-def metadata_of(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-
-
-def with_metadata(path: Path, out: Path, changes: dict[str, str | None]) -> Path:
-    """A copy of a real model with some metadata entries replaced (or removed, for None)."""
-    model = onnx.load(str(path))
-    kept = {p.key: p.value for p in model.metadata_props} | changes
-    del model.metadata_props[:]
-    for key, value in kept.items():
-        if value is not None:
-            model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(out))
-    return out
 
 
 def test_models_are_scored_on_their_runs_validation_faces_and_ranked(

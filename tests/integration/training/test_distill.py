@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
+from tests.fixtures.onnx_metadata import metadata_of
 from training.distill import distilled_targets
 from training.errors import RunError, TeacherError
 from training.train import train
@@ -58,7 +58,7 @@ def test_a_taught_run_exports_and_names_its_teacher(distilled_run: tuple[Path, P
     recorded = json.loads((out / "run.json").read_text())["teacher"]
     assert recorded["model_id"] == teacher_id
     assert 0 <= recorded["label_agreement"] <= 1
-    metadata = {p.key: p.value for p in onnx.load(str(out / "emotion.onnx")).metadata_props}
+    metadata = metadata_of(out / "emotion.onnx")
     assert json.loads(metadata["emotion_training"])["teacher"]["model_id"] == teacher_id
 
 

@@ -25,6 +25,7 @@ from contract.emotion import (
 )
 from harness.server import running_service
 from service.model import EmotionModel
+from tests.fixtures.onnx_metadata import metadata_of, with_metadata
 from tests.fixtures.training import exported_in_float, write_zip
 from training.__main__ import main
 from training.compare import compare, report
@@ -88,26 +89,12 @@ def validation_images(runs: list[Path], member_data: Path) -> tuple[np.ndarray, 
     return as_images(validation.x), validation.y
 
 
-def metadata_of(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-
-
 def edited(path: Path, out: Path, change) -> Path:
     """A copy of a real member, its ONNX model changed by `change(model)`."""
     model = onnx.load(str(path))
     change(model)
     onnx.save(model, str(out))
     return out
-
-
-def with_metadata(path: Path, out: Path, changes: dict[str, str]) -> Path:
-    def change(model) -> None:
-        kept = {p.key: p.value for p in model.metadata_props} | changes
-        del model.metadata_props[:]
-        for key, value in kept.items():
-            model.metadata_props.add(key=key, value=value)
-
-    return edited(path, out, change)
 
 
 def damaged(path: Path, out: Path) -> Path:

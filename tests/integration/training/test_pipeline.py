@@ -29,7 +29,7 @@ from training import train as train_module
 from training.__main__ import main
 from training.callbacks import FitClock
 from training.config import DEFAULT_CONFIG
-from training.data import DataError, Dataset, load_dataset, read_splits
+from training.data import DataError, read_splits
 from training.errors import ExportError, RunError
 from training.run_dir import claimed, logged_epochs, recorded, session_seed
 from training.status import run_status
@@ -269,13 +269,6 @@ def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_zip: Path) -> None:
         train(tiny_zip, tmp_path / "empty", resume=True)
 
 
-def run_splits(run: Path, data: Path) -> Dataset:
-    """The run's own splits, carved again from its recorded seed."""
-    record = json.loads((run / "run.json").read_text())
-    fraction = record["config"]["train"]["validation_fraction"]
-    return load_dataset(data, fraction, record["seed"], record["limit"])
-
-
 def operators(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
@@ -328,7 +321,7 @@ def test_export_refuses_to_write_a_damaged_graph(
     damage,
     message: str,
 ) -> None:
-    dataset = run_splits(finished_run, tiny_zip)
+    dataset = export_module.run_dataset(finished_run, tiny_zip)
     monkeypatch.setattr(module, step, damage(getattr(module, step)))
     with pytest.raises(ExportError, match=message):
         export_module.export_run(finished_run, tmp_path, dataset.test, dataset.validation)
@@ -347,7 +340,7 @@ def test_the_shipped_graph_is_int8_and_says_what_that_cost(
     assert report["recipe"]["weight_bits"] == 7 and report["recipe"]["float_first_convolution"]
     assert report["agreement"] >= quantize_module.MIN_AGREEMENT
     assert report["kernel_agreement"] >= quantize_module.MIN_KERNEL_AGREEMENT
-    assert report["faces"] == len(run_splits(finished_run, tiny_zip).validation)
+    assert report["faces"] == len(export_module.run_dataset(finished_run, tiny_zip).validation)
 
 
 def test_quantize_none_exports_float32(finished_run: Path, tiny_zip: Path, tmp_path: Path) -> None:
@@ -473,7 +466,11 @@ def test_a_run_on_crops_ships_a_model_of_whole_faces(
     model = train(tiny_zip, tmp_path / "run", config)
     session = session_for(model)
     assert session.get_inputs()[0].shape[1:] == [48, 48, 1]
-    faces = run_splits(tmp_path / "run", tiny_zip).test.x[:4, ..., None].astype(np.float32)
+    faces = (
+        export_module.run_dataset(tmp_path / "run", tiny_zip)
+        .test.x[:4, ..., None]
+        .astype(np.float32)
+    )
     framed = faces.copy()
     framed[:, :8] = framed[:, -8:] = 0
     answer = lambda x: session.run(None, {session.get_inputs()[0].name: x})[0]  # noqa: E731
