@@ -3,7 +3,7 @@
 #   make test    install what the tests need and run the whole suite (browser tests: Debian's
 #                chromium, `apt-get install chromium`; .ci/run installs it)
 #   make test-quick  the tests that need no trained network, service process, browser or fresh
-#                Python (marker `slow`, set in tests/conftest.py): about two minutes here
+#                Python (marker `slow`, set in tests/conftest.py): under a minute here
 #   make bench   measure the service (latency, throughput, memory...) and the `fer` package (in its
 #                own bench/.fer-venv, made on first use) into bench/results/
 # Installs are stamped: a second run with unchanged requirements installs nothing.

@@ -25,7 +25,7 @@ from contract.emotion import (
 )
 from harness.server import running_service
 from service.model import EmotionModel
-from tests.fixtures.onnx_metadata import metadata_of, with_metadata
+from tests.fixtures.onnx_metadata import edited, metadata_of, with_metadata
 from tests.fixtures.training import exported_in_float, write_zip
 from training.__main__ import main
 from training.compare import compare, report
@@ -87,14 +87,6 @@ def members(runs: list[Path]) -> list[Path]:
 def validation_images(runs: list[Path], member_data: Path) -> tuple[np.ndarray, np.ndarray]:
     validation = run_dataset(runs[0], member_data).validation
     return as_images(validation.x), validation.y
-
-
-def edited(path: Path, out: Path, change) -> Path:
-    """A copy of a real member, its ONNX model changed by `change(model)`."""
-    model = onnx.load(str(path))
-    change(model)
-    onnx.save(model, str(out))
-    return out
 
 
 def damaged(path: Path, out: Path) -> Path:
