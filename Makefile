@@ -12,7 +12,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test test-quick lint format train screenshots clean bench
+.PHONY: serve test test-quick lint format train screenshots quotes clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ lint: $(VENV)/.dev-installed
 # The README's PNGs, taken by the system Chromium from the service running the shipped model.
 screenshots: $(VENV)/.dev-installed
 	$(BIN)/python -m scripts.screenshots
+
+# The docs' example answers and quoted figures, rewritten from the shipped model after it changes.
+quotes: $(VENV)/.dev-installed
+	$(BIN)/python -m scripts.quotes
 
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
