@@ -192,10 +192,10 @@ def load_model(settings: Settings) -> EmotionModel:
 
 def load_detector(settings: Settings) -> FaceDetector:
     """The face detector FACE_DETECTOR names; `DetectorError` says why BlazeFace's file cannot
-    be used. Its onnxruntime session gets the same thread budget as the emotion model: on this
-    quiet 2-core machine two threads take a 640x480 photo's detection from 10.4 to 8.8 ms (end to
-    end 15.5 -> 13.7 ms), at the price of ~10 % fewer photos/s under saturation, where requests
-    already run side by side (INTRA_OP_THREADS=1 buys that back)."""
+    be used. Its onnxruntime session gets the same thread budget as the emotion model: one
+    client's photo gets faster, at the price of a few photos/s under saturation, where requests
+    already run side by side (docs/experiments.md, "Serving threads"; INTRA_OP_THREADS=1 buys
+    that back)."""
     if settings.face_detector == "haar":
         return HaarDetector(
             max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels

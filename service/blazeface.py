@@ -136,8 +136,8 @@ class BlazeFaceDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
-        # Its layers are small: threads that spin waiting for the next one took the CPU from
-        # each other and from the rest of the machine (3x slower on 2 busy cores, measured).
+        # Its layers are small: threads that spin waiting for the next one take the CPU from
+        # each other and from the rest of the machine (docs/experiments.md, "Serving threads").
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(

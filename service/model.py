@@ -92,8 +92,8 @@ class EmotionModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
-        # Idle threads that spin after each run took the CPU from the next request's decoding
-        # and detection: 640x480 over HTTP, p50 27 -> 16 ms on this 2-core machine, busy.
+        # Idle threads that spin after each run take the CPU from the next request's decoding
+        # and detection (docs/experiments.md, "Serving threads").
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
