@@ -61,6 +61,8 @@ class EnsembleMember:
 
     id: str
     """sha256 of the member's own exported file."""
+    name: str | None
+    """The folder it was built from (`training/members/NAME`); None in files built before."""
     weight: float
     validation_accuracy: float | None
 
@@ -234,6 +236,7 @@ def _ensemble_members(metadata: dict[str, str]) -> tuple[EnsembleMember, ...] | 
         return tuple(
             EnsembleMember(
                 id=str(member["id"]),
+                name=_optional_str(member.get("name")),
                 weight=_finite(member["weight"]),
                 validation_accuracy=_optional_float(
                     (member.get("validation") or {}).get("accuracy")
@@ -248,6 +251,10 @@ def _ensemble_members(metadata: dict[str, str]) -> tuple[EnsembleMember, ...] | 
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else _finite(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _finite(value: Any) -> float:

@@ -177,6 +177,11 @@ class EnsembleMemberInfo(BaseModel):
     """One network of an ensemble: its answers are weighted by `weight` inside the one graph."""
 
     id: str = Field(description="sha256 of the member's own exported ONNX file.")
+    name: str | None = Field(
+        description="The member's name: the folder it was built from, as the model card calls "
+        "it; null in ensembles built before names were recorded.",
+        examples=["fresh120"],
+    )
     weight: float = Field(description="Its share of the ensemble's average.", examples=[0.5])
     validation_accuracy: float | None = Field(
         description="The member's own accuracy on the validation faces that chose the weights.",

@@ -43,7 +43,10 @@ async def model_info(model: ModelDep) -> ModelInfo:
         if model.training.members is None
         else [
             EnsembleMemberInfo(
-                id=member.id, weight=member.weight, validation_accuracy=member.validation_accuracy
+                id=member.id,
+                name=member.name,
+                weight=member.weight,
+                validation_accuracy=member.validation_accuracy,
             )
             for member in model.training.members
         ],

@@ -160,6 +160,9 @@ def test_model_endpoint_reports_the_shipped_test_metrics(
     assert described["id"] == shipped.model_id
     assert described["metrics"]["test"]["accuracy"] == pytest.approx(metrics["accuracy"])
     assert described["contract"]["crop_margin"] == pytest.approx(1.05)
+    committed = {path.parent.name for path in (REPO_ROOT / "training" / "members").glob("*/*.onnx")}
+    names = [member["name"] for member in described["members"]]
+    assert names and set(names) <= committed, names
 
 
 @pytest.fixture(scope="module")

@@ -279,7 +279,12 @@ def test_the_service_lists_the_members_over_http(
     with running_service(Path(model)) as url:
         info = httpx.get(f"{url}/model", timeout=10).json()
     assert info["members"] == [
-        {"id": m["id"], "weight": m["weight"], "validation_accuracy": m["validation"]["accuracy"]}
+        {
+            "id": m["id"],
+            "name": m["name"],
+            "weight": m["weight"],
+            "validation_accuracy": m["validation"]["accuracy"],
+        }
         for m in recorded
     ]
     assert info["metrics"]["validation"]["accuracy"] == pytest.approx(

@@ -79,8 +79,12 @@ def test_model_metrics_are_null_when_the_artifact_has_none(make_client, tmp_path
     ("members", "listed"),
     [
         (
-            [{"id": "a" * 64, "weight": 0.75, "validation": {"accuracy": 0.7}}],
-            [{"id": "a" * 64, "weight": 0.75, "validation_accuracy": 0.7}],
+            [{"id": "a" * 64, "name": "seed2", "weight": 0.75, "validation": {"accuracy": 0.7}}],
+            [{"id": "a" * 64, "name": "seed2", "weight": 0.75, "validation_accuracy": 0.7}],
+        ),
+        (  # built before members were named: listed without a name
+            [{"id": "a" * 64, "file": "emotion.onnx", "weight": 0.75}],
+            [{"id": "a" * 64, "name": None, "weight": 0.75, "validation_accuracy": None}],
         ),
         ([{"id": "a" * 64, "weight": "NaN"}], None),  # JSON cannot carry it: reported absent
         ([{"weight": 0.5}], None),
