@@ -10,7 +10,8 @@ the model itself, asked through the service's own app in process:
 - README.md: the headline figures (from the `metrics.json` beside the model), the `/predict`
   answer on the portrait and the `/predict/video` answer on the panning clip;
 - docs/video.md: the same video answer, as JSON and as CSV rows;
-- artifacts/MODEL_CARD.md: the model id, the headline row and the per-class table.
+- artifacts/MODEL_CARD.md: the model id, its size, when and by which code it was made, the
+  headline row and the per-class table.
 
 The prose around them (what changed and why it shipped) is still written by hand. A place that
 is no longer where this expects it stops the script with its name, rather than being skipped.
@@ -54,6 +55,10 @@ class Quotes:
     """What the model answers to the docs' examples, and the figures its evaluation wrote."""
 
     model_id: str
+    size_mb: float
+    created: str
+    """The day training wrote the file (YYYY-MM-DD)."""
+    code_version: str
     metrics: dict
     portrait: dict
     video: dict
@@ -75,10 +80,14 @@ def gather(model_path: Path) -> Quotes:
         video_csv = client.post(
             f"/predict/video?fps={VIDEO_FPS}", files=upload, headers={"Accept": "text/csv"}
         )
-    for answer in (portrait, video, video_csv):
+        described = client.get("/model")
+    for answer in (portrait, video, video_csv, described):
         answer.raise_for_status()
     return Quotes(
         model_id=portrait.json()["model"],
+        size_mb=model_path.stat().st_size / 1e6,
+        created=described.json()["created"][:10],
+        code_version=described.json()["code_version"],
         metrics=metrics,
         portrait=portrait.json(),
         video=video.json(),
@@ -146,6 +155,20 @@ def refresh_model_card(text: str, quotes: Quotes) -> str:
         lambda match: match.group(1) + quotes.model_id + match.group(2),
         text,
         "the model id",
+    )
+    text = _substitute(
+        r"^(\| size \| )[\d.]+ MB",
+        lambda match: f"{match.group(1)}{quotes.size_mb:.1f} MB",
+        text,
+        "the size row",
+    )
+    text = _substitute(
+        r"^(\| created \| )\d{4}-\d{2}-\d{2}( .*\(code `)[0-9a-f]+(`\))",
+        lambda match: (
+            match.group(1) + quotes.created + match.group(2) + quotes.code_version + match.group(3)
+        ),
+        text,
+        "the created row",
     )
     accuracy, macro_f1, ece = _headline_figures(quotes.metrics)
     text = _substitute(

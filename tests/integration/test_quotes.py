@@ -37,6 +37,9 @@ def quotes() -> Quotes:
 def stale(text: str) -> str:
     """The doc as an older model left it: other ids, other probabilities and figures."""
     text = re.sub(r"[0-9a-f]{64}", "0" * 64, text)
+    text = re.sub(r"\d{4}-\d{2}-\d{2} by", "2000-01-01 by", text)
+    text = re.sub(r"\(code `[0-9a-f]+`\)", "(code `000000000000`)", text)
+    text = re.sub(r"\b\d+\.\d MB", "0.1 MB", text)
     return re.sub(r"\b0\.\d{3,6}\b", "0.123", text)
 
 
@@ -71,6 +74,9 @@ def test_a_stale_video_doc_gets_the_models_json_and_csv_rows(quotes: Quotes) -> 
 def test_a_stale_model_card_gets_the_models_id_headline_and_classes(quotes: Quotes) -> None:
     refreshed = refresh_model_card(stale(MODEL_CARD.read_text()), quotes)
     assert f"| model id (sha256 of the file) | `{quotes.model_id}` |" in refreshed
+    assert f"| size | {DEFAULT_MODEL_PATH.stat().st_size / 1e6:.1f} MB:" in refreshed
+    created = re.search(r"^\| created \| (\S+) by .*\(code `(\w+)`\)", refreshed, re.MULTILINE)
+    assert created.groups() == (quotes.created, quotes.code_version)
     figures = (quotes.metrics[key] for key in HEADLINE_KEYS)
     assert "| " + " | ".join(f"**{figure:.3f}**" for figure in figures) + " |" in refreshed
     for label in LABELS:
