@@ -62,7 +62,8 @@ class EnsembleMember:
     id: str
     """sha256 of the member's own exported file."""
     name: str | None
-    """The folder it was built from (`training/members/NAME`); None in files built before."""
+    """The folder it was built from (`training/members/NAME` or `training/candidates/NAME`);
+    None in files built before names were recorded."""
     weight: float
     validation_accuracy: float | None
 

@@ -42,12 +42,7 @@ async def model_info(model: ModelDep) -> ModelInfo:
         members=None
         if model.training.members is None
         else [
-            EnsembleMemberInfo(
-                id=member.id,
-                name=member.name,
-                weight=member.weight,
-                validation_accuracy=member.validation_accuracy,
-            )
+            EnsembleMemberInfo.model_validate(member, from_attributes=True)
             for member in model.training.members
         ],
     )

@@ -21,10 +21,7 @@ from scripts.quotes import (
     refresh_video_example,
 )
 from service.settings import DEFAULT_MODEL_PATH
-
-KERNEL_TOLERANCE = 0.02
-"""How far a probability may move between CPUs (see test_shipped_model.py)."""
-
+from tests.integration.test_shipped_model import KERNEL_TOLERANCE
 
 HEADLINE_KEYS = ("accuracy", "macro_f1", "expected_calibration_error")
 
