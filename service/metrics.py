@@ -36,8 +36,14 @@ REJECTION_REASONS = (
     "not_an_image",
     "unsupported_depth",
     "aspect_ratio",
+    "not_a_video",
+    "image_as_video",
+    "too_long",
+    "too_many_frames",
+    "text",
 )
-"""The reasons `ImageRejected` carries; listed so that each series exists from the start."""
+"""The reasons `ImageRejected` carries (the last five: videos, and text frames on /stream); listed
+so that each series exists from the start."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
