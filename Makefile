@@ -12,7 +12,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve test test-quick lint format train screenshots quotes clean bench
+.PHONY: serve test test-quick lint format screenshots quotes clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

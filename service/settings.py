@@ -146,7 +146,7 @@ class Settings(BaseSettings):
         "Haar searches that copy; BlazeFace sees it whole, shrunk 2x (at most 320 pixels, and "
         "at 128 beside it) and, where the copy is over 640 pixels, also in overlapping tiles of "
         "640, one more run each. "
-        "Raise it for small faces in large photos: at 1920, faces of 64 pixels in a 1080p group "
+        "Raise it for small faces in large photos: at 1920, faces of 72 pixels and up in a 1080p "
         "photo are found, for about 7x the detection time (6 tiles). "
         "At most 4096 (up to 7x7 tiles).",
     )
@@ -174,8 +174,8 @@ class Settings(BaseSettings):
         ge=0,
         description="onnxruntime threads per inference in each process; 0: the process's share "
         "of the CPUs, max(1, CPUs // WORKERS), for the emotion model and for BlazeFace. 1 gives up "
-        "~12 % of one-client latency for ~10 % more photos/s at saturation (measured in "
-        "bench/results/serve_bench.md).",
+        "~12 % of one-client latency for ~10 % more photos/s at saturation (docs/experiments.md, "
+        '"Serving threads").',
     )
     opencv_threads: int = Field(
         0,
