@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from contract.provenance import machine_description
 from service import metrics
 from service.access import AccessLog
+from service.allocator import return_large_buffers_to_the_system
 from service.blazeface import BlazeFaceDetector
 from service.cpus import ThreadBudget
 from service.deadline import RequestDeadline
@@ -30,6 +31,7 @@ from service.deps import ServiceState
 from service.faces import FaceDetector
 from service.haar import HaarDetector
 from service.images import ImageLimits
+from service.memory_budget import MemoryBudget
 from service.model import EmotionModel
 from service.pages_policy import PagesPolicy
 from service.pipeline import EmotionPipeline
@@ -62,6 +64,10 @@ Every client mistake is answered with a 4xx status and a JSON body `{"detail": .
 """
 
 
+DECODING_WAIT_SECONDS = 10.0
+"""How long a decode waits for room in MAX_DECODING_BYTES before its image is answered 503: long
+enough for the decodes ahead of it (a 48-megapixel PNG takes under a second), well within
+REQUEST_TIMEOUT_SECONDS."""
 PREDICT_PATHS = ("/predict", "/predict/batch", "/predict/annotated", video.PATH)
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -214,6 +220,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     """Size the thread pools, load (unless given) and warm up the model, build the pipeline,
     then declare ready."""
     settings = state.settings
+    return_large_buffers_to_the_system()
     budget = thread_budget(settings)
     cv2.setNumThreads(budget.opencv)
     if model is None:
@@ -223,6 +230,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
+        memory=MemoryBudget(settings.max_decoding_bytes, DECODING_WAIT_SECONDS),
     )
     state.model = model
     state.pipeline = EmotionPipeline(model, detector, limits, settings.worker_threads)

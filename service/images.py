@@ -11,11 +11,14 @@ from __future__ import annotations
 import io
 import logging
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from service.memory_budget import BudgetExhausted, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,20 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 """EXIF orientations that turn the image a quarter: its upright width is its stored height."""
-_ALPHA_BACKGROUND = (255, 255, 255, 255)
+_TRANSPOSE_BY_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What turns an image with each EXIF orientation upright (as `ImageOps.exif_transpose` does)."""
+_EIGHT_BIT_BAND_PIXELS = 1 << 20
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+"""Bytes a pixel in Pillow's memory, by mode; every other mode takes 4."""
+_ALPHA_BACKGROUND = "white"
 """Transparent pixels are shown on white, as a browser shows them on a default page."""
 
 
@@ -48,6 +64,9 @@ class ImageLimits:
     max_bytes: int
     max_pixels: int
     max_aspect_ratio: float
+    memory: MemoryBudget | None = None
+    """Shared by every decode of the process (`service.memory_budget`); None: unbounded, for
+    the command-line tools that decode one image at a time."""
 
 
 @dataclass(frozen=True)
@@ -112,20 +131,68 @@ def _decode(
             # may decode at reduced size.
             image.draft(mode if mode == "L" else image.mode, _draft_size(image.size, min_side))
         try:
-            image.load()
-        except Image.DecompressionBombError as error:
-            raise _too_many_pixels(image.size, limits) from error
-        except Exception as error:
-            # Pillow's decoders signal a damaged file with many exception types (OSError,
-            # SyntaxError, ValueError, struct.error, EOFError...): all of them are the client's.
+            with _reserved(limits.memory, _decoding_bytes(image, mode, full_width * full_height)):
+                return _load_upright(image, mode, limits, full_width, full_height)
+        except BudgetExhausted as error:
             raise ImageRejected(
-                400, f"the {image.format} image is truncated or corrupt ({error})"
+                503,
+                "the service is decoding other large images: retry in a few seconds, or send a "
+                "smaller image",
+                reason="decoding_busy",
             ) from error
-        upright, swapped = _exif_upright(image)
-        if swapped:
-            full_width, full_height = full_height, full_width
-        pixels = np.asarray(_flatten(upright).convert(mode), dtype=np.uint8)
-        return DecodedImage(pixels, full_width, full_height)
+
+
+def _load_upright(
+    image: Image.Image,
+    mode: Literal["L", "RGB"],
+    limits: ImageLimits,
+    full_width: int,
+    full_height: int,
+) -> DecodedImage:
+    try:
+        image.load()
+    except Image.DecompressionBombError as error:
+        raise _too_many_pixels(image.size, limits) from error
+    except Exception as error:
+        # Pillow's decoders signal a damaged file with many exception types (OSError,
+        # SyntaxError, ValueError, struct.error, EOFError...): all of them are the client's.
+        raise ImageRejected(
+            400, f"the {image.format} image is truncated or corrupt ({error})"
+        ) from error
+    # Flattened to `mode` before it is turned upright: a 48-megapixel RGBA file is 190 MB as
+    # Pillow holds it, and every full-size copy of it counts against the process's memory.
+    orientation = _exif_orientation(image)
+    flat = _flatten(image, mode)
+    if orientation in _TRANSPOSE_BY_ORIENTATION:
+        flat = flat.transpose(_TRANSPOSE_BY_ORIENTATION[orientation])
+    if orientation in _SWAPPING_ORIENTATIONS:
+        full_width, full_height = full_height, full_width
+    return DecodedImage(np.asarray(flat, dtype=np.uint8), full_width, full_height)
+
+
+def _reserved(budget: MemoryBudget | None, nbytes: int) -> AbstractContextManager[None]:
+    return nullcontext() if budget is None else budget.reserve(nbytes)
+
+
+def _decoding_bytes(image: Image.Image, mode: Literal["L", "RGB"], full_pixels: int) -> int:
+    """The memory that decoding `image` (its header read, a JPEG's draft size set) into `mode`
+    takes at its peak, from the header alone: 1.0-1.9x what 48-megapixel PNG, TIFF and JPEG
+    files of every kind measured. Pillow keeps multi-band pixels in 4 bytes; the flattening
+    makes a copy or two of the output."""
+    width, height = image.size
+    output = width * height * (4 if mode == "RGB" else 1)
+    storage = width * height * _STORAGE_BYTES.get(image.mode, 4)
+    if image.format != "JPEG":
+        return storage + max(storage, output) + 2 * output
+    # libjpeg decodes a baseline file a few rows at a time, at the draft's reduced size; a
+    # progressive one first gathers every DCT coefficient (2 bytes a pixel of each component,
+    # at full size whatever the draft), then decodes.
+    coefficients = 0
+    if image.info.get("progressive") or image.info.get("progression"):
+        sampling = [(h, v) for _, h, v, _ in getattr(image, "layer", [])] or [(1, 1)]
+        most = max(h for h, _ in sampling) * max(v for _, v in sampling)
+        coefficients = sum(2 * full_pixels * h * v // most for h, v in sampling)
+    return coefficients + storage + 2 * output
 
 
 def _draft_size(size: tuple[int, int], min_side: int | None) -> tuple[int, int]:
@@ -185,35 +252,54 @@ def _too_many_pixels(size: tuple[int, int], limits: ImageLimits) -> ImageRejecte
     )
 
 
-def _exif_upright(image: Image.Image) -> tuple[Image.Image, bool]:
-    """Rotate/flip per the EXIF orientation tag, and say whether that swapped width and height;
-    a damaged EXIF block leaves the image as is."""
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1: upright as stored); a damaged EXIF block counts as 1."""
     try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        return ImageOps.exif_transpose(image), orientation in _SWAPPING_ORIENTATIONS
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception as error:
         log.info("ignoring unreadable EXIF orientation: %s", error)
-        return image, False
+        return 1
 
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """8-bit L or RGB: 16-bit samples scaled down, transparency shown on white, palettes,
-    CMYK and YCbCr expanded."""
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        # 16-bit samples (0..65535) to 8-bit; 32-bit integer TIFFs are clipped to that range.
-        wide = np.asarray(image).astype(np.float32)
-        return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))
-    if mode == "F":
+def _flatten(image: Image.Image, mode: Literal["L", "RGB"]) -> Image.Image:
+    """`image` as 8-bit `mode`: 16-bit samples scaled down, transparency shown on white,
+    palettes, CMYK and YCbCr expanded. Each step makes at most one copy the size of the output,
+    besides the decoded image itself (a hostile client's 48-megapixel file must not cost a
+    gigabyte)."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        narrow = _eight_bit(image)
+        return narrow if mode == "L" else narrow.convert(mode)
+    if image.mode == "F":
         raise ImageRejected(
             415,
             "32-bit floating-point images are not supported: send 8- or 16-bit",
             reason="unsupported_depth",
         )
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _ALPHA_BACKGROUND)
-        image = Image.alpha_composite(background, rgba)
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    return image
+    if image.mode in ("RGBA", "LA") or _has_transparency(image):
+        with_alpha = image if image.mode in ("RGBA", "LA") else image.convert("RGBA")
+        shown = Image.new(mode, image.size, _ALPHA_BACKGROUND)
+        shown.paste(with_alpha.convert(mode), mask=with_alpha.getchannel("A"))
+        return shown
+    if image.mode not in ("L", "RGB", "P", "1"):
+        image = image.convert("RGB")  # CMYK, YCbCr, LAB...: through RGB, as browsers show them
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    """Modes with an alpha channel other than RGBA and LA (premultiplied, palette), or a palette
+    with a transparent entry."""
+    return image.mode in ("PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit samples (0..65535) rounded to 8-bit, a band of rows at a time so that no temporary
+    is the size of the image; 32-bit integer TIFFs are clipped to that range."""
+    width, height = image.size
+    narrow = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _EIGHT_BIT_BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(height, top + rows))), dtype=np.int64)
+        narrow[top : top + rows] = np.clip((band + 128) // 257, 0, 255)
+    return Image.fromarray(narrow)

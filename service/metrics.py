@@ -41,9 +41,10 @@ REJECTION_REASONS = (
     "too_long",
     "too_many_frames",
     "text",
+    "decoding_busy",
 )
-"""The reasons `ImageRejected` carries (the last five: videos, and text frames on /stream); listed
-so that each series exists from the start."""
+"""The reasons `ImageRejected` carries (then videos', a text frame on /stream, and a 503 when the
+decoding memory stayed taken); listed so that each series exists from the start."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         description="Most pixels (width x height) an image may have; checked on the header, "
         "before decoding (413 above).",
     )
+    max_decoding_bytes: int = Field(
+        384 * MEGABYTE,
+        ge=16 * MEGABYTE,
+        description="Memory that the image decodes in flight may hold at once in each process, "
+        "estimated from each header (a 150 KB PNG can claim 48 megapixels and need ~450 MB); a "
+        "decode waits up to 10 s for room, then its image is answered 503. One image larger "
+        "than this still decodes, alone. Keep it well under the container's memory limit.",
+    )
     max_aspect_ratio: float = Field(
         20.0, ge=1.0, description="Longest side over shortest side allowed (422 above)."
     )

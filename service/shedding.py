@@ -26,6 +26,11 @@ from service.middleware import HttpMiddleware, Refusal, has_body
 RETRY_AFTER_SECONDS = 1
 
 
+def retry_headers(status_code: int) -> dict[str, str] | None:
+    """`Retry-After` on every 503 a route raises itself, as on the ones this middleware sends."""
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+
+
 def saturated_detail(capacity: int) -> str:
     return (
         f"the service is saturated ({capacity} requests in progress in this process): "

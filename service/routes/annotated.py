@@ -16,6 +16,7 @@ from service.routes.predict import (
     AnalysedImageDep,
     error_response,
 )
+from service.shedding import retry_headers
 
 router = APIRouter(tags=["emotions"])
 
@@ -88,7 +89,9 @@ async def predict_annotated(
             media_type,
         )
     except ImageRejected as rejected:
-        raise HTTPException(status_code=rejected.status_code, detail=rejected.detail) from None
+        raise HTTPException(
+            rejected.status_code, rejected.detail, headers=retry_headers(rejected.status_code)
+        ) from None
     extension = "png" if media_type == PNG else "jpg"
     return Response(
         content,

@@ -14,7 +14,7 @@ from service.deps import NOT_READY, PipelineDep, SettingsDep
 from service.images import ImageRejected
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
 from service.security import MISSING
-from service.shedding import saturated_detail
+from service.shedding import retry_headers, saturated_detail
 from service.upload_gate import too_many_uploads_detail
 from service.uploads import DISK_FULL, read_upload
 
@@ -147,7 +147,7 @@ async def analyse_one_image(
     upload = await read_upload(file, settings.max_upload_bytes)
     (result,) = await _run(pipeline, [upload], detect, max_faces, settings)
     if isinstance(result, FileError):
-        raise HTTPException(status_code=result.status, detail=result.detail)
+        raise HTTPException(result.status, result.detail, headers=retry_headers(result.status))
     assert isinstance(upload, bytes)  # a refused upload gave a FileError above
     return AnalysedImage(upload=upload, prediction=result)
 

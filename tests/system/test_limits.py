@@ -12,9 +12,12 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -256,3 +259,46 @@ def test_uploads_still_arriving_hold_no_place(tiny, portrait_bytes):
         with httpx.Client(base_url=tiny, timeout=30) as http:
             assert http.post("/predict", files={"file": portrait_bytes}).status_code == 200
             assert _count(http.get("/metrics").text, "emotion_uploads_arriving") == 4
+
+
+def _high_water_and_resident_mb(pid: int) -> tuple[float, float]:
+    """The process's peak resident memory so far (VmHWM) and its resident memory now, in MB."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return tuple(int(status[key].split()[0]) / 1024 for key in ("VmHWM", "VmRSS"))  # type: ignore[return-value]
+
+
+def test_large_images_at_once_stay_within_the_decoding_memory_and_are_answered(
+    model_path, portrait_bytes
+):
+    """Eight 24-megapixel RGBA PNGs of 100 KB each, all at once: without the decoding budget the
+    four worker threads decode four of them together (~170 MB each at the peak; 640 MB above
+    rest, measured). With MAX_DECODING_BYTES at 256 MB they decode one after another, each is
+    answered 200 (or a clear 503 if its wait ran out), the process keeps serving, and its
+    memory goes back near its rest (glibc kept ~470 MB before `service.allocator`)."""
+    gray = np.full((4000, 6000), 128, np.uint8)
+    gray[::40] = 0
+    large = encode(np.dstack([gray, gray, gray, 255 - gray]), "PNG")
+    budget_mb = 256
+    settings = {"MAX_DECODING_BYTES": str(budget_mb * 1024 * 1024), "WORKER_THREADS": "4"}
+    with service_process(model_path, settings=settings) as run:
+        httpx.post(f"{run.url}/predict", files={"file": portrait_bytes}).raise_for_status()
+        _, at_rest = _high_water_and_resident_mb(run.process.pid)
+        post = lambda _: httpx.post(  # noqa: E731
+            f"{run.url}/predict",
+            content=large,
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
+        with ThreadPoolExecutor(8) as clients:
+            answers = list(clients.map(post, range(8)))
+        high_water, resident = _high_water_and_resident_mb(run.process.pid)
+        after = httpx.post(f"{run.url}/predict", files={"file": portrait_bytes})
+    assert {answer.status_code for answer in answers} <= {200, 503}
+    assert any(answer.status_code == 200 for answer in answers)
+    assert all("detail" in a.json() for a in answers if a.status_code == 503)
+    assert after.status_code == 200 and after.json()["faces_found"] == 1
+    # the budget, the four decoded 24 MB images the workers go on with, and room for the rest
+    assert high_water - at_rest < budget_mb + 4 * 24 + 100, (high_water, at_rest)
+    assert resident - at_rest < 100, (resident, at_rest)

@@ -108,6 +108,21 @@ def test_upload_over_the_size_limit_is_413(make_client, portrait_bytes, path):
         assert limited.post(path, files={"file": small}).status_code == 200
 
 
+@pytest.mark.parametrize("path", ONE_IMAGE_PATHS)
+def test_an_image_with_no_decoding_memory_free_is_a_503_to_retry(make_client, portrait_bytes, path):
+    with make_client() as client:
+        memory = client.app.state.service.pipeline.limits.memory
+        memory.wait_seconds = 0.05  # the service waits 10 s; the answer is the same
+        with memory.reserve(memory.capacity_bytes):  # large images decoding elsewhere
+            response = client.post(path, files={"file": portrait_bytes})
+            batch = client.post("/predict/batch", files=[("files", portrait_bytes)])
+        assert response.status_code == 503
+        assert "retry" in response.json()["detail"]
+        assert response.headers["Retry-After"] == "1"
+        assert batch.status_code == 200 and batch.json()["results"][0]["status"] == 503
+        assert client.post(path, files={"file": portrait_bytes}).status_code == 200
+
+
 def test_batch_over_its_total_limit_is_413(make_client, portrait_bytes):
     with make_client(max_batch_bytes=2 * len(portrait_bytes)) as limited:
         response = limited.post("/predict/batch", files=[("files", portrait_bytes)] * 3)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 
@@ -20,6 +22,7 @@ from service.images import (
     decode_rgb,
     decode_upright,
 )
+from service.memory_budget import MemoryBudget
 from tests.fixtures.service import encode
 
 LIMITS = ImageLimits(max_bytes=10 * 1024 * 1024, max_pixels=50_000_000, max_aspect_ratio=20.0)
@@ -277,3 +280,78 @@ def test_floating_point_tiff_is_415():
     error = rejected(data)
     assert error.status_code == 415
     assert "floating-point" in error.detail
+
+
+def test_an_image_waits_for_decoding_memory_then_is_a_503(portrait):
+    budget = MemoryBudget(16 * 1024 * 1024, wait_seconds=0.05)
+    limits = ImageLimits(LIMITS.max_bytes, LIMITS.max_pixels, LIMITS.max_aspect_ratio, budget)
+    photo = encode(portrait, "PNG")
+    assert decode_grayscale(photo, limits).shape == portrait.size[::-1]
+    with budget.reserve(budget.capacity_bytes):  # other decodes hold all of it
+        refused = rejected(photo, limits)
+    assert (refused.status_code, refused.reason) == (503, "decoding_busy")
+    assert "retry" in refused.detail
+    assert budget.reserved_bytes == 0
+
+
+# What a decode takes at its peak, measured in a fresh process against what the header made it
+# reserve. VmHWM is the high-water mark of this process's own resident memory; ru_maxrss would
+# start at the parent's (pytest's) after fork.
+_PEAK_SCRIPT = """
+import sys
+from PIL import Image
+from service.images import ImageLimits, _decode, _decoding_bytes, _draft_size
+
+def high_water():
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+data = open(sys.argv[1], "rb").read()
+mode, min_side = sys.argv[2], int(sys.argv[3]) or None
+header = Image.open(sys.argv[1])
+full = header.size[0] * header.size[1]
+if header.format == "JPEG":
+    header.draft(mode if mode == "L" else header.mode, _draft_size(header.size, min_side))
+estimate = _decoding_bytes(header, mode, full)
+before = high_water()
+_decode(data, ImageLimits(10**9, 10**9, 20.0), mode, min_side)
+print(estimate, high_water() - before)
+"""
+
+
+def _large(kind: str) -> tuple[bytes, str]:
+    """24-megapixel files that cost the most to decode for their size, as a hostile client
+    would send them (a few hundred KB each)."""
+    gray = np.full((4000, 6000), 128, np.uint8)
+    gray[::40] = 0
+    if kind == "rgba-png":
+        return encode(np.dstack([gray, gray, gray, 255 - gray]), "PNG"), ".png"
+    if kind == "16-bit-png":
+        return encode(Image.fromarray(gray.astype(np.uint16) * 257), "PNG"), ".png"
+    colour = Image.fromarray(np.dstack([gray, gray, gray]))
+    return encode(colour, "JPEG", progressive=True, subsampling=0, quality=90), ".jpg"
+
+
+@pytest.mark.parametrize(
+    "kind, mode, min_side",
+    [
+        ("rgba-png", "L", 1280),
+        ("16-bit-png", "L", 1280),
+        ("progressive-jpeg", "L", 1280),
+        ("rgba-png", "RGB", 0),
+        ("progressive-jpeg", "RGB", 0),
+    ],
+)
+def test_a_large_decode_stays_within_what_it_reserves(tmp_path, repo_root, kind, mode, min_side):
+    data, suffix = _large(kind)
+    path = tmp_path / f"large{suffix}"
+    path.write_bytes(data)
+    printed = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path), mode, str(min_side)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    estimate, peak = map(int, printed.split())
+    assert peak <= estimate, f"{kind} as {mode}: peak {peak >> 20} MB over {estimate >> 20} MB"

@@ -1,0 +1,52 @@
+"""A process-wide budget of bytes that image decodes in flight may hold at once.
+
+The pixel limit bounds one image, not several at once: a 150 KB PNG can claim 48 megapixels and
+take ~300 MB to decode, and four worker threads decoding four of them would take a 1 GB container
+past its memory limit, where the kernel kills the whole service. So each decode first reserves
+what its header says it will need, and waits, a bounded time, while others hold the budget;
+past that wait the upload is answered 503 ("retry"), never a crash. A decode that needs more
+than the whole budget still runs, alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class BudgetExhausted(Exception):
+    """The reservation did not fit within the wait."""
+
+
+class MemoryBudget:
+    """Reservations of bytes against a fixed capacity, shared by the threads of one process."""
+
+    def __init__(self, capacity_bytes: int, wait_seconds: float) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.wait_seconds = wait_seconds
+        self._free = capacity_bytes
+        self._changed = threading.Condition()
+
+    @property
+    def reserved_bytes(self) -> int:
+        with self._changed:
+            return self.capacity_bytes - self._free
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold `nbytes` (at most the whole capacity) while inside; `BudgetExhausted` if they do
+        not come free within `wait_seconds`."""
+        held = min(max(0, nbytes), self.capacity_bytes)
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._free >= held, self.wait_seconds):
+                raise BudgetExhausted(
+                    f"{held} bytes did not come free within {self.wait_seconds:g} s"
+                )
+            self._free -= held
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += held
+                self._changed.notify_all()
