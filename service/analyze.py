@@ -121,7 +121,7 @@ class _VideoSource:
         self, path: Path, args: argparse.Namespace, pipeline: EmotionPipeline, settings: Settings
     ) -> None:
         self.file = path.open("rb")
-        limits = VideoLimits(math.inf, sys.maxsize, settings.max_image_pixels)
+        limits = VideoLimits(math.inf, sys.maxsize, settings.max_video_pixels)
         self.reader = VideoReader(
             self.file,
             limits,

@@ -34,15 +34,16 @@ class MemoryBudget:
             return self.capacity_bytes - self._free
 
     @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
+    def reserve(self, nbytes: int, *, wait: bool = True) -> Iterator[None]:
         """Hold `nbytes` (at most the whole capacity) while inside; `BudgetExhausted` if they do
-        not come free within `wait_seconds`."""
+        not come free within `wait_seconds`, or at once without `wait`: a reservation held
+        across several worker-thread steps (a video's) must not wait in a worker thread, or the
+        holder may find no thread to finish on."""
         held = min(max(0, nbytes), self.capacity_bytes)
+        seconds = self.wait_seconds if wait else 0.0
         with self._changed:
-            if not self._changed.wait_for(lambda: self._free >= held, self.wait_seconds):
-                raise BudgetExhausted(
-                    f"{held} bytes did not come free within {self.wait_seconds:g} s"
-                )
+            if not self._changed.wait_for(lambda: self._free >= held, seconds):
+                raise BudgetExhausted(f"{held} bytes did not come free within {seconds:g} s")
             self._free -= held
         try:
             yield

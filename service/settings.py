@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     max_video_bytes: int = Field(
         200 * MEGABYTE, ge=1, description="Largest video file accepted, in bytes (413 above)."
     )
+    max_video_pixels: int = Field(
+        4096 * 2160,
+        ge=1,
+        description="Most pixels a video frame may have (DCI 4K; 413 above): a decoder holds up "
+        "to ~30 frames at once, so an 8K clip of a few hundred KB could take over a gigabyte.",
+    )
     max_video_seconds: float = Field(
         600.0,
         gt=0,

@@ -18,6 +18,7 @@ from service.pipeline import EmotionPipeline
 from service.routes.predict import COMMON_ERRORS, MaxFacesQuery, error_response
 from service.schemas import DetectMode
 from service.settings import Settings
+from service.shedding import retry_headers
 from service.uploads import spooled_upload
 from service.video.analysis import FaceFollower, analyse_frames
 from service.video.decode import FORMATS, SampledFrame, VideoLimits, VideoReader
@@ -171,7 +172,9 @@ def _check_time() -> None:
 
 def _refuse(rejected: ImageRejected) -> NoReturn:
     metrics.image_rejected(rejected.reason)
-    raise HTTPException(rejected.status_code, rejected.detail) from rejected
+    raise HTTPException(
+        rejected.status_code, rejected.detail, headers=retry_headers(rejected.status_code)
+    ) from rejected
 
 
 def _open(
@@ -180,7 +183,8 @@ def _open(
     limits = VideoLimits(
         max_seconds=settings.max_video_seconds,
         max_frames=settings.max_video_frames,
-        max_pixels=settings.max_image_pixels,
+        max_pixels=settings.max_video_pixels,
+        memory=pipeline.limits.memory,
     )
     return VideoReader(file.file, limits, fps=fps, max_side=pipeline.decode_side(detect))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ import av.error
 import numpy as np
 
 from service.images import ImageRejected
+from service.memory_budget import BudgetExhausted, MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,17 @@ class VideoLimits:
     max_frames: int
     """Most frames analysed (not decoded)."""
     max_pixels: int
+    """Most pixels a frame (MAX_VIDEO_PIXELS)."""
+    memory: MemoryBudget | None = None
+    """The process's decoding memory (`service.memory_budget`), which the decoder's frames hold
+    a share of while the video is open; None: unbounded (the command line)."""
+
+
+DECODER_FRAMES = 32
+"""Frames a decoder may hold at once, for the memory it reserves: H.264 and HEVC keep up to 16
+reference frames, each frame thread one more, and the pool a few spare. An 8K H.264 clip of 132 KB
+with 16 references took 27 frames' worth (1.35 GB) to decode (docs/experiments.md, "Decoding
+memory")."""
 
 
 @dataclass(frozen=True)
@@ -138,10 +151,12 @@ class VideoReader:
                 "an MP4 or MOV whose index comes last cannot be read at all when cut short",
                 reason="corrupt",
             ) from error
+        self._memory = ExitStack()
         try:
             self.info = self._validate(demuxer)
+            self._reserve_decoder_memory()
         except BaseException:
-            self._container.close()
+            self.close()
             raise
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
@@ -153,6 +168,30 @@ class VideoReader:
         matrix (portrait videos are stored sideways). Boxes are answered in the upright frame."""
         if self.quarter_turns % 2:
             self.info = replace(self.info, width=self.info.height, height=self.info.width)
+
+    def _reserve_decoder_memory(self) -> None:
+        """Hold the decoder's frames' worth of the process's decoding memory until `close`; a
+        503 at once if it is not free (the video's later steps need worker threads to finish on,
+        so it does not wait in one)."""
+        if self.limits.memory is None:
+            return
+        codec = self._container.streams.video[0].codec_context
+        try:
+            layout = av.VideoFormat(codec.pix_fmt or "yuv444p16le", codec.width, codec.height)
+            frame_bytes = sum(c.width * c.height * math.ceil(c.bits / 8) for c in layout.components)
+        except (ValueError, TypeError, av.error.FFmpegError):
+            frame_bytes = codec.width * codec.height * 6  # an unknown layout: 16-bit 4:4:4
+        try:
+            self._memory.enter_context(
+                self.limits.memory.reserve(DECODER_FRAMES * frame_bytes, wait=False)
+            )
+        except BudgetExhausted as error:
+            raise ImageRejected(
+                503,
+                "the service is decoding other large images or videos: retry in a few seconds, "
+                "or send a smaller video",
+                reason="decoding_busy",
+            ) from error
 
     def _validate(self, demuxer: str) -> VideoInfo:
         container = self._container
@@ -166,7 +205,7 @@ class VideoReader:
             raise ImageRejected(
                 413,
                 f"the video is {width}x{height} = {width * height} pixels a frame; the limit is "
-                f"{self.limits.max_pixels} (MAX_IMAGE_PIXELS)",
+                f"{self.limits.max_pixels} (MAX_VIDEO_PIXELS): send a 4K or smaller video",
                 reason="too_many_pixels",
             )
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
@@ -260,7 +299,7 @@ class VideoReader:
             raise ImageRejected(
                 413,
                 f"a frame of the video is {width}x{height} pixels; the limit is "
-                f"{self.limits.max_pixels} (MAX_IMAGE_PIXELS)",
+                f"{self.limits.max_pixels} (MAX_VIDEO_PIXELS)",
                 reason="too_many_pixels",
             )
         scale = 1.0
@@ -276,6 +315,7 @@ class VideoReader:
 
     def close(self) -> None:
         self._container.close()
+        self._memory.close()
 
     def __enter__(self) -> VideoReader:
         return self

@@ -31,7 +31,7 @@ LIMITS = {
     "MAX_VIDEO_BYTES": "1500000",
     "MAX_VIDEO_SECONDS": "3.5",
     "MAX_VIDEO_FRAMES": "25",
-    "MAX_IMAGE_PIXELS": str(480 * 240),
+    "MAX_VIDEO_PIXELS": str(480 * 240),
 }
 
 
@@ -319,7 +319,7 @@ def test_limits_are_clear_4xx(service, videos):
     writer.release()
     response = post(service, wide)
     assert response.status_code == 413
-    assert "MAX_IMAGE_PIXELS" in response.json()["detail"]
+    assert "MAX_VIDEO_PIXELS" in response.json()["detail"]
 
     assert post(service, b"").status_code == 400
     response = post(service, three_seconds, accept="image/png")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.videos import pan, write_video
 from tests.fixtures.service import encode
 from tests.unit.service.test_images import png_claiming
 
@@ -121,6 +122,21 @@ def test_an_image_with_no_decoding_memory_free_is_a_503_to_retry(make_client, po
         assert response.headers["Retry-After"] == "1"
         assert batch.status_code == 200 and batch.json()["results"][0]["status"] == 503
         assert client.post(path, files={"file": portrait_bytes}).status_code == 200
+
+
+def test_a_video_with_no_decoding_memory_free_is_a_503_at_once_and_gives_it_back(
+    make_client, tmp_path
+):
+    clip = write_video(tmp_path / "pan.mkv", pan, count=5).read_bytes()
+    with make_client() as client:
+        memory = client.app.state.service.pipeline.limits.memory
+        with memory.reserve(memory.capacity_bytes):  # large images decoding elsewhere
+            response = client.post("/predict/video", files={"file": ("clip", clip)})
+        assert response.status_code == 503  # at once: the service would wait 10 s for a photo
+        assert "retry" in response.json()["detail"]
+        assert response.headers["Retry-After"] == "1"
+        assert client.post("/predict/video", files={"file": ("clip", clip)}).status_code == 200
+        assert memory.reserved_bytes == 0  # the answered video gave its frames' share back
 
 
 def test_batch_over_its_total_limit_is_413(make_client, portrait_bytes):

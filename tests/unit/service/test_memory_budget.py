@@ -59,3 +59,12 @@ def test_a_reservation_over_the_capacity_runs_alone():
             pass
     with budget.reserve(10**9):
         pass
+
+
+def test_a_reservation_that_must_not_wait_is_refused_at_once():
+    budget = MemoryBudget(100, wait_seconds=3600.0)
+    with budget.reserve(60):
+        with pytest.raises(BudgetExhausted), budget.reserve(41, wait=False):
+            pass
+        with budget.reserve(40, wait=False):
+            assert budget.reserved_bytes == 100
