@@ -3,6 +3,7 @@ tracks' predicted boxes stand in for it."""
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from service.pipeline import EmotionPipeline
 from service.schemas import DetectMode
 from service.settings import Settings
 from service.video.analysis import DETECTION_INTERVAL, FaceFollower, analyse_frames
-from service.video.decode import VideoLimits, VideoReader
+from service.memory_budget import MemoryBudget
+from service.video.decode import DECODER_FRAMES, VideoLimits, VideoReader
 
 
 @dataclass
@@ -75,3 +77,22 @@ def test_between_detections_the_tracks_predicted_boxes_are_classified(model_path
 def test_at_five_frames_a_second_every_frame_is_detected(model_path, clip):
     analysed, detections = analyse(model_path, clip, fps=5)
     assert len(analysed) == detections == 8
+
+
+def test_an_open_video_holds_its_decoder_memory_until_closed_or_dropped(tmp_path):
+    """A streamed answer closes its reader when it ends; one that never starts (a client gone
+    before the first line) drops it, and the reservation must come back then too."""
+    clip = write_video(tmp_path / "pan.mkv", pan, count=5)
+    memory = MemoryBudget(1 << 30, wait_seconds=0.0)
+    limits = VideoLimits(max_seconds=60, max_frames=100, max_pixels=10**7, memory=memory)
+    with clip.open("rb") as file:
+        reader = VideoReader(file, limits, fps=5)
+        held = memory.reserved_bytes
+        assert held >= DECODER_FRAMES * reader.info.width * reader.info.height
+        reader.close()
+        assert memory.reserved_bytes == 0
+        dropped = VideoReader(file, limits, fps=5)
+        assert memory.reserved_bytes == held
+        del dropped
+        gc.collect()
+        assert memory.reserved_bytes == 0
