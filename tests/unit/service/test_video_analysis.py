@@ -15,12 +15,12 @@ from harness.videos import pan, write_video
 from service.app import load_detector
 from service.faces import FaceBox
 from service.images import ImageLimits
+from service.memory_budget import MemoryBudget
 from service.model import EmotionModel
 from service.pipeline import EmotionPipeline
 from service.schemas import DetectMode
 from service.settings import Settings
 from service.video.analysis import DETECTION_INTERVAL, FaceFollower, analyse_frames
-from service.memory_budget import MemoryBudget
 from service.video.decode import DECODER_FRAMES, VideoLimits, VideoReader
 
 
