@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     max_decoding_bytes: int = Field(
         384 * MEGABYTE,
         ge=16 * MEGABYTE,
-        description="Memory that the image decodes in flight may hold at once in each process, "
-        "estimated from each header (a 150 KB PNG can claim 48 megapixels and need ~450 MB); a "
-        "decode waits up to 10 s for room, then its image is answered 503. One image larger "
-        "than this still decodes, alone. Keep it well under the container's memory limit.",
+        description="Memory that image and video decodes in flight may hold at once in each "
+        "process, estimated from each header (a 150 KB PNG can claim 48 megapixels and need "
+        "~450 MB; an open video holds 32 of its frames). An image waits up to 10 s for room, a "
+        "video not at all, then 503. One decode larger than this still runs, alone. Keep it well "
+        "under the container's memory limit.",
     )
     max_aspect_ratio: float = Field(
         20.0, ge=1.0, description="Longest side over shortest side allowed (422 above)."
