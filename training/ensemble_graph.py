@@ -63,6 +63,7 @@ def build_graph(members: list[Member], weights: np.ndarray, choice: Choice, opse
     for index, (member, weight) in enumerate(zip(members, weights, strict=True)):
         prefix = MEMBER_PREFIX.format(index=index)
         graph = onnx.compose.add_prefix_graph(member.proto.graph, prefix)
+        _prefix_symbolic_dims(graph, prefix)
         nodes.append(
             helper.make_node(
                 "Identity", [member_input], [prefix + member.input_name], name=prefix + "input"
@@ -178,6 +179,20 @@ def build_graph(members: list[Member], weights: np.ndarray, choice: Choice, opse
     return model
 
 
+def _prefix_symbolic_dims(graph, prefix: str) -> None:
+    """Give a member's symbolic dimensions (the exporter's `unk__N`) names of their own.
+
+    onnxruntime plans its buffers on the promise that dimensions with one name have one size.
+    Each member numbers its own from zero, so in one graph a member's `unk__3` could be another's
+    doubled flip batch: onnxruntime then reused a buffer of the wrong size and refused to run
+    (seen with a 40x40-crop member beside whole-face ones). `add_prefix_graph` renames tensors,
+    not dimensions."""
+    for info in graph.value_info:
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = prefix + dim.dim_param
+
+
 def _opsets(members: list[Member], opset: int):
     """The members' operator sets, which must agree on the standard domain's version."""
     from onnx import helper
@@ -199,16 +214,38 @@ def _opsets(members: list[Member], opset: int):
     return [helper.make_opsetid(domain, version) for domain, version in sorted(versions.items())]
 
 
+def parity_batches(faces: int) -> list[tuple[int, int]]:
+    """Start and end of each onnxruntime call in the parity check: batch sizes that change from
+    call to call (1, 2, 3, 5, ... up to `BATCH`, then back), as the service's faces per request
+    do, on one session. A graph whose buffers onnxruntime plans wrongly fails on such a
+    sequence, where equal batches can pass."""
+    sizes = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, BATCH, 7, BATCH, 1]
+    bounds, start, step = [], 0, 0
+    while start < faces:
+        end = min(faces, start + sizes[step % len(sizes)])
+        bounds.append((start, end))
+        start, step = end, step + 1
+    return bounds
+
+
 def check_parity(model, images: np.ndarray, expected: np.ndarray) -> dict[str, float]:
-    """Max |ensemble graph - members one by one| on the validation faces; refuses above the
-    tolerance, so a wrongly wired graph is never written."""
+    """Max |ensemble graph - members one by one| on the validation faces, in batches of changing
+    size; refuses above the tolerance, or where onnxruntime fails, so a wrongly wired graph is
+    never written."""
     import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    actual = np.concatenate(
-        [session.run(None, {name: images[s : s + BATCH]})[0] for s in range(0, len(images), BATCH)]
-    )
+    try:
+        actual = np.concatenate(
+            [session.run(None, {name: images[s:e]})[0] for s, e in parity_batches(len(images))]
+        )
+    except (Fail, RuntimeException) as error:
+        raise EnsembleError(
+            f"parity check failed: onnxruntime could not run the ensemble graph ({error}); the "
+            "model was not written"
+        ) from error
     if actual.shape != expected.shape:
         raise EnsembleError(
             f"the ensemble graph answers shape {actual.shape}, not {expected.shape}"

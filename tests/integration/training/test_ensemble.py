@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 from scipy.special import softmax
@@ -321,3 +322,44 @@ def test_a_round_with_more_members_must_be_more_accurate_not_only_better_calibra
         Step(0, (3, 1, 1), 0.41, 1.39),
     ]
     assert best_prefix(steps) == steps[2]
+
+
+@pytest.fixture(scope="module")
+def members_of_two_shapes(
+    tmp_path_factory: pytest.TempPathFactory, member_data: Path
+) -> list[Path]:
+    """A member that reads the centre 40x40 of each face and one that reads it whole, both
+    averaging each face with its mirror image inside their graphs: the crop's extra `Slice` makes
+    the exporter number its symbolic dimensions differently, so that the crop member's `unk__3`
+    is its doubled batch and the other's a single one (as with the real crop40 member)."""
+    root = tmp_path_factory.mktemp("shapes")
+    recipe = MEMBER_CONFIG.replace("swa_epochs = 0\n", 'swa_epochs = 0\nflip_tta = "on"\n')
+    paths = []
+    for name, crop in (("crop40", 40), ("whole", 0)):
+        config = root / f"{name}.toml"
+        config.write_text(recipe.replace("[model]\n", f"[model]\ninput_crop = {crop}\n"))
+        train(member_data, root / name, config, seed=3)
+        paths.append(root / name / "emotion.onnx")
+    return paths
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_members_of_different_shapes_run_together_at_any_batch_size(
+    members_of_two_shapes: list[Path], validation_images, flip_tta: bool
+) -> None:
+    """Found with the real 40x40-crop member: every member's exporter names its dimensions
+    `unk__N` from zero, and onnxruntime, trusting one name to mean one size, reused a buffer of
+    the wrong size and refused to run the combined graph."""
+    images, _ = validation_images
+    faces = np.concatenate([images] * 4)  # enough faces for every batch size below
+    loaded = [load_member(path) for path in members_of_two_shapes]
+    plain = [answers(member, faces) for member in loaded]
+    mirrored = [answers(member, flipped(faces)) for member in loaded]
+    choice = Choice("logits", (1, 1), flip_tta, 1.0, 0.0, 0.0, [], 1, {}, {})
+    model = build_graph(loaded, choice.weights, choice, 17)
+    expected = reference_probabilities(plain, mirrored if flip_tta else None, choice)
+    assert check_parity(model, faces, expected)["max_difference"] <= 1e-4
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in (len(faces), 1, len(faces) // 2, 3):
+        (answer,) = session.run(None, {"image": faces[:size]})
+        np.testing.assert_allclose(answer, expected[:size], atol=1e-4)
