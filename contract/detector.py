@@ -1,6 +1,8 @@
-"""What `artifacts/face_detector.onnx` carries about itself, written once and read at start.
+"""What the face detector files carry about themselves, written once and read at start.
 
-The conversion (`python -m training.face_detector`) writes a `DetectorMetadata` into the ONNX
+For YuNet (`artifacts/yunet.onnx`, `python -m training.yunet`), a `YuNetMetadata`: its strides,
+thresholds, box correction and source. For BlazeFace (`artifacts/face_detector.onnx`), the
+conversion (`python -m training.face_detector`) writes a `DetectorMetadata` into the ONNX
 file's metadata; the service reads it back and decodes the network's raw outputs with it: the
 SSD anchors MediaPipe generates for that model, the scales of its box outputs, the score and
 overlap thresholds, and the box correction measured here so that a BlazeFace box crops the same
@@ -49,6 +51,18 @@ class BoxCorrection:
     offset_y: float = 0.0
 
 
+def _decoding_problems(min_score: float, nms_iou: float, correction: BoxCorrection) -> list[str]:
+    """What is wrong with the thresholds and box correction every detector file carries."""
+    problems = []
+    if not 0 < min_score < 1:
+        problems.append(f"min_score must be in (0, 1), got {min_score}")
+    if not 0 < nms_iou < 1:
+        problems.append(f"nms_iou must be in (0, 1), got {nms_iou}")
+    if not 0.5 <= correction.scale <= 2:
+        problems.append(f"box_correction.scale must be in [0.5, 2], got {correction}")
+    return problems
+
+
 @dataclass(frozen=True)
 class DetectorMetadata:
     """A converted BlazeFace model and how to decode it.
@@ -78,15 +92,9 @@ class DetectorMetadata:
     source: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _decoding_problems(self.min_score, self.nms_iou, self.box_correction)
         if not self.input_sizes or any(size <= 0 or size % 32 for size in self.input_sizes):
             problems.append(f"input_sizes must be multiples of 32, got {self.input_sizes}")
-        if not 0 < self.min_score < 1:
-            problems.append(f"min_score must be in (0, 1), got {self.min_score}")
-        if not 0 < self.nms_iou < 1:
-            problems.append(f"nms_iou must be in (0, 1), got {self.nms_iou}")
-        if not 0.5 <= self.box_correction.scale <= 2:
-            problems.append(f"box_correction.scale must be in [0.5, 2], got {self.box_correction}")
         if problems:
             raise DetectorMetadataError("; ".join(problems))
 
@@ -120,3 +128,53 @@ class DetectorMetadata:
                 "`python -m training.face_detector`"
             )
         return cls.from_json(metadata[METADATA_KEY])
+
+
+YUNET_METADATA_KEY = "yunet"
+"""ONNX `metadata_props` key holding a YuNet file's metadata as JSON."""
+
+
+@dataclass(frozen=True)
+class YuNetMetadata:
+    """A YuNet model (OpenCV Zoo's face detector) and how to decode it.
+
+    The graph takes `[1, 3, H, W]` float32 BGR in [0, 255] (NCHW), H and W any multiples of
+    `max(strides)`, and answers, per stride s, `cls_s`, `obj_s` `[1, H*W/s^2, 1]` (probabilities),
+    `bbox_s` `[1, H*W/s^2, 4]` (centre offset in cells, log side in cells) and `kps_s` (five
+    landmarks, unused). A face is sqrt(cls * obj) of at least `min_score`; boxes overlapping above
+    `nms_iou` are suppressed (OpenCV's `FaceDetectorYN` decoding). `box_correction` turns its box
+    into the box the Haar cascade draws around the same face, as for BlazeFace."""
+
+    model: str
+    strides: tuple[int, ...] = (8, 16, 32)
+    min_score: float = 0.6
+    nms_iou: float = 0.3
+    box_correction: BoxCorrection = field(default_factory=BoxCorrection)
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = _decoding_problems(self.min_score, self.nms_iou, self.box_correction)
+        if not self.strides or any(stride <= 0 for stride in self.strides):
+            problems.append(f"strides must be positive, got {self.strides}")
+        if problems:
+            raise DetectorMetadataError("; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> YuNetMetadata:
+        if YUNET_METADATA_KEY not in metadata:
+            raise DetectorMetadataError(
+                f"the file carries no '{YUNET_METADATA_KEY}' metadata: it was not written by "
+                "`python -m training.yunet`"
+            )
+        try:
+            payload: dict[str, Any] = json.loads(metadata[YUNET_METADATA_KEY])
+            return cls(
+                strides=tuple(payload.pop("strides")),
+                box_correction=BoxCorrection(**payload.pop("box_correction", {})),
+                **payload,
+            )
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+            raise DetectorMetadataError(f"YuNet metadata is not valid: {error!r}") from error

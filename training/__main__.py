@@ -64,11 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     margin.add_argument("--data", type=Path, required=True, help="FER2013; train/ only is read")
     margin.add_argument("--images", type=int, default=3000, help="train faces to measure on")
     margin.add_argument("--seed", type=int, default=0, help="which train faces")
-    margin.add_argument("--detector", choices=("haar", "blazeface"), default="haar")
+    margin.add_argument("--detector", choices=("haar", "blazeface", "yunet"), default="haar")
     margin.add_argument(
-        "--model", type=Path, help="the BlazeFace file (default: artifacts/face_detector.onnx)"
+        "--model",
+        type=Path,
+        help="the network's file (default: artifacts/face_detector.onnx for BlazeFace, "
+        "artifacts/yunet.onnx for YuNet)",
     )
-    margin.add_argument("--raw", action="store_true", help="BlazeFace boxes, uncorrected")
+    margin.add_argument("--raw", action="store_true", help="the network's boxes, uncorrected")
 
     status = commands.add_parser(
         "status", help="how far a run is, and whether a process trains in it now"
@@ -162,10 +165,11 @@ def run(args: argparse.Namespace) -> None:
 
         training_speed(args.config, args.steps, args.precision)
     elif args.command == "crop-margin":
-        from service.settings import DEFAULT_FACE_DETECTOR_PATH
+        from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_YUNET_PATH
         from training.crop_margin import crop_margin
 
-        model = args.model or DEFAULT_FACE_DETECTOR_PATH
+        default = DEFAULT_YUNET_PATH if args.detector == "yunet" else DEFAULT_FACE_DETECTOR_PATH
+        model = args.model or default
         print(crop_margin(args.data, args.images, args.seed, args.detector, model, args.raw))
     elif args.command == "status":
         from training.status import run_status

