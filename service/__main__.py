@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
 from service.app import create_app, load_detector, load_model
-from service.blazeface import DetectorError
 from service.connections import OPEN_FILES_BESIDES_CONNECTIONS, GuardedHttpProtocol
+from service.faces import DetectorError
 from service.logs import logging_config
 from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 from service.model import ModelError

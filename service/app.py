@@ -49,6 +49,7 @@ from service.uploads import (
     answer_disk_full,
     answer_http_error,
 )
+from service.yunet import YuNetDetector
 
 log = logging.getLogger("service")
 
@@ -56,9 +57,9 @@ DESCRIPTION = """
 Upload an image; for every face in it, get where the face is and how likely each of seven
 emotions is (angry, disgust, fear, happy, neutral, sad, surprise).
 
-Faces are found with MediaPipe's BlazeFace, cut out as 48x48 grayscale crops the way the model
-was trained (the model file carries that contract), and classified by a CNN trained on FER2013,
-both run with onnxruntime.
+Faces are found with OpenCV Zoo's YuNet, cut out as 48x48 grayscale crops the way the model
+was trained (the model file carries that contract), and classified by an ensemble of CNNs
+trained on FER2013, both run with onnxruntime.
 
 Every client mistake is answered with a 4xx status and a JSON body `{"detail": ...}`.
 """
@@ -197,7 +198,7 @@ def load_model(settings: Settings) -> EmotionModel:
 
 
 def load_detector(settings: Settings) -> FaceDetector:
-    """The face detector FACE_DETECTOR names; `DetectorError` says why BlazeFace's file cannot
+    """The face detector FACE_DETECTOR names; `DetectorError` says why a network's file cannot
     be used. Its onnxruntime session gets the same thread budget as the emotion model: one
     client's photo gets faster, at the price of a few photos/s under saturation, where requests
     already run side by side (docs/experiments.md, "Serving threads"; INTRA_OP_THREADS=1 buys
@@ -206,9 +207,10 @@ def load_detector(settings: Settings) -> FaceDetector:
         return HaarDetector(
             max_side=settings.detection_max_side, min_face_pixels=settings.min_face_pixels
         )
+    network = YuNetDetector if settings.face_detector == "yunet" else BlazeFaceDetector
     threads = thread_budget(settings).onnxruntime
-    return BlazeFaceDetector(
-        settings.face_detector_path,
+    return network(
+        settings.face_detector_file,
         max_side=settings.detection_max_side,
         min_face_pixels=settings.min_face_pixels,
         intra_op_threads=threads,

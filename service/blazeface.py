@@ -23,23 +23,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from contract.detector import AnchorOptions, DetectorMetadata, DetectorMetadataError
-from service.faces import FaceBox, box_in, shrink
+from service.detector_session import load_detector_session
+from service.faces import DetectorError, FaceBox, box_in, shrink, tile_span
 
 STRIDE = 32
 """The network's coarsest stride: its input sides must be multiples of this."""
 TILE_SPAN = 640
 """Pixels of the detection copy one view covers: the first (largest) input sees them shrunk 2x,
 the most that still finds the 48-pixel faces MIN_FACE_PIXELS admits there (24 px at 640)."""
-TILE_OVERLAP = 0.25
-"""How far tiles reach into their neighbours, as a share of a tile: a face cut by one tile's
-edge is whole in the next, up to this size; larger faces are the whole-image pass's."""
-
-
-class DetectorError(RuntimeError):
-    """The face detector file cannot be used; the message says why and what to do."""
 
 
 HOW_TO_GET_A_DETECTOR = (
@@ -130,28 +123,9 @@ class BlazeFaceDetector:
         # and keeps them: 4 worker threads detecting together held ~70 MB more for good. More
         # runs at once than CPUs to run them buys nothing, so that is the limit.
         self._runs = threading.BoundedSemaphore(concurrent_runs)
-        path = Path(path)
-        if not path.is_file():
-            raise DetectorError(f"no face detector at {path}: {HOW_TO_GET_A_DETECTOR}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Its layers are small: threads that spin waiting for the next one take the CPU from
-        # each other and from the rest of the machine (docs/experiments.md, "Serving threads").
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            self.metadata = DetectorMetadata.from_metadata(
-                self._session.get_modelmeta().custom_metadata_map
-            )
-        except DetectorMetadataError as error:
-            raise DetectorError(f"{path}: {error}; {HOW_TO_GET_A_DETECTOR}") from error
-        except Exception as error:
-            raise DetectorError(
-                f"{path} is not a model onnxruntime can load ({error}); {HOW_TO_GET_A_DETECTOR}"
-            ) from error
+        self._session, self.metadata = load_detector_session(
+            path, DetectorMetadata.from_metadata, intra_op_threads, HOW_TO_GET_A_DETECTOR
+        )
         anchors = self.metadata.anchors
         for size in self.metadata.input_sizes:
             blank = self._tensor(np.zeros((size, size), np.uint8))
@@ -233,9 +207,9 @@ class BlazeFaceDetector:
         size = self.metadata.input_sizes[0]
         found = []
         for row in range(rows):
-            top, bottom = _tile_span(row, rows, height)
+            top, bottom = tile_span(row, rows, height)
             for column in range(columns):
-                left, right = _tile_span(column, columns, width)
+                left, right = tile_span(column, columns, width)
                 corners, scores = self._candidates(gray[top:bottom, left:right], size)
                 offset = np.array([left, top, left, top], np.float32)
                 found.append((corners + offset, scores))
@@ -284,11 +258,3 @@ class BlazeFaceDetector:
 
 _GRAY_TO_INPUT = np.repeat((np.arange(256, dtype=np.float32) * (1 / 127.5) - 1)[:, None], 3, axis=1)
 """Each gray level's value on the network's three input channels."""
-
-
-def _tile_span(index: int, count: int, length: int) -> tuple[int, int]:
-    """Start and end, in pixels, of tile `index` of `count` along a side of `length`: an equal
-    share of the side, reaching TILE_OVERLAP of a share into each neighbour."""
-    share = length / count
-    reach = share * TILE_OVERLAP
-    return max(0, round(index * share - reach)), min(length, round((index + 1) * share + reach))

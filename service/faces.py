@@ -1,6 +1,7 @@
 """Face boxes -> square crops of the contract's size (OpenCV), and what a face detector is.
 
-The detectors themselves (FACE_DETECTOR: `service.blazeface`, the default, and `service.haar`)
+The detectors themselves (FACE_DETECTOR: `service.yunet`, the default, `service.blazeface` and
+`service.haar`)
 find faces on a shrunk copy of the image (speed depends on that copy, not on the upload) and map
 the boxes back to full resolution. A crop is the square around a box's centre, scaled by the
 contract's `crop_margin`; where it runs past the image edge the edge pixels are repeated. Crops
@@ -42,8 +43,13 @@ class FaceBox:
         )
 
 
+class DetectorError(RuntimeError):
+    """A face detector's file cannot be used; the message says why and what to do."""
+
+
 class FaceDetector(Protocol):
-    """What the pipeline needs of a face detector (`service.haar`, `service.blazeface`).
+    """What the pipeline needs of a face detector (`service.yunet`, `service.blazeface`,
+    `service.haar`).
 
     `max_side` and `min_face_pixels` are the settings of the same names: a face is reported when
     its side is at least `min_face_pixels` on a copy of the image shrunk to `max_side` pixels
@@ -135,3 +141,17 @@ def crop_square(
         size - pad_left - inside_width,
         cv2.BORDER_REPLICATE,
     )
+
+
+TILE_OVERLAP = 0.25
+"""How far tiles reach into their neighbours, as a share of a tile: a face cut by one tile's
+edge is whole in the next, up to this size; larger faces are the whole-image pass's."""
+
+
+def tile_span(index: int, count: int, length: int) -> tuple[int, int]:
+    """Start and end, in pixels, of tile `index` of `count` along a side of `length`: an equal
+    share of the side, reaching TILE_OVERLAP of a share into each neighbour (the networks'
+    detectors cover a large detection copy with such tiles)."""
+    share = length / count
+    reach = share * TILE_OVERLAP
+    return max(0, round(index * share - reach)), min(length, round((index + 1) * share + reach))

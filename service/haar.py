@@ -1,7 +1,7 @@
 """Grayscale image -> face boxes, with OpenCV's frontal-face Haar cascade (FACE_DETECTOR=haar).
 
 The detector this service started with: no model file, but ~190 ms of CPU for a 640x480 photo
-on this project's machine (BlazeFace, the default, takes a few ms). Faces are searched on a copy
+on this project's machine (YuNet, the default, takes a few ms). Faces are searched on a copy
 shrunk to `max_side`, histogram-equalised; boxes are mapped back to full resolution.
 """
 

@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "artifacts" / "emotion.onnx"
 DEFAULT_FACE_DETECTOR_PATH = PROJECT_ROOT / "artifacts" / "face_detector.onnx"
+DEFAULT_YUNET_PATH = PROJECT_ROOT / "artifacts" / "yunet.onnx"
 
 MEGABYTE = 1024 * 1024
 
@@ -135,16 +136,18 @@ class Settings(BaseSettings):
         "the connection is closed.",
     )
 
-    face_detector: Literal["blazeface", "haar"] = Field(
-        "blazeface",
-        description="`blazeface`: MediaPipe's BlazeFace CNN (FACE_DETECTOR_PATH), ~3 ms of CPU "
-        "for a 256-pixel portrait, ~11 for a 640x480 photo; `haar`: OpenCV's Haar cascade, no "
-        "model file, over 10x the CPU time.",
+    face_detector: Literal["yunet", "blazeface", "haar"] = Field(
+        "yunet",
+        description="`yunet`: OpenCV Zoo's YuNet CNN, ~1 ms of CPU for a 256-pixel portrait, ~6 "
+        "for a 640x480 photo, and the most faces found from 48 pixels up; `blazeface`: "
+        "MediaPipe's BlazeFace CNN, ~1.5 and ~8 ms, which finds more faces under 40 pixels; "
+        "`haar`: OpenCV's Haar cascade, no model file, over 10x the CPU time.",
     )
-    face_detector_path: Path = Field(
-        DEFAULT_FACE_DETECTOR_PATH,
-        description="The BlazeFace ONNX file (built by `python -m training.face_detector`); "
-        "unused with FACE_DETECTOR=haar.",
+    face_detector_path: Path | None = Field(
+        None,
+        description="The network's ONNX file; unset: the shipped one, `artifacts/yunet.onnx` "
+        "(built by `python -m training.yunet`) or `artifacts/face_detector.onnx` (built by "
+        "`python -m training.face_detector`); unused with FACE_DETECTOR=haar.",
     )
     detection_max_side: int = Field(
         640,
@@ -152,12 +155,11 @@ class Settings(BaseSettings):
         le=4096,
         description="Faces are reported down to MIN_FACE_PIXELS on a copy of the image shrunk to "
         "at most this many pixels on its longest side; boxes are mapped back to the full image. "
-        "Haar searches that copy; BlazeFace sees it whole, shrunk 2x (at most 320 pixels, and "
-        "at 128 beside it) and, where the copy is over 640 pixels, also in overlapping tiles of "
-        "640, one more run each. "
-        "Raise it for small faces in large photos: at 1920, faces of 72 pixels and up in a 1080p "
-        "photo are found, for about 7x the detection time (6 tiles). "
-        "At most 4096 (up to 7x7 tiles).",
+        "Haar searches that copy; YuNet sees it whole and, where it is over 1280 pixels, also "
+        "in overlapping tiles of 1280 (which bound one run's memory); BlazeFace sees it shrunk "
+        "2x (at most 320 pixels, and at 128 beside it) and, over 640 pixels, also in tiles of "
+        "640. Raise it for small faces in large photos: at 1920, faces of 64 pixels and up in a "
+        "1080p photo are found, for about 14x the detection time (BlazeFace: 7x). At most 4096.",
     )
     min_face_pixels: int = Field(
         24,
@@ -182,9 +184,9 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="onnxruntime threads per inference in each process; 0: the process's share "
-        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model and for BlazeFace. 1 gives up "
-        "~12 % of one-client latency for ~10 % more photos/s at saturation (docs/experiments.md, "
-        '"Serving threads").',
+        "of the CPUs, max(1, CPUs // WORKERS), for the emotion model and the face detector. "
+        "1 gives up ~12 % of one-client latency for ~10 % more photos/s at saturation "
+        '(docs/experiments.md, "Serving threads").',
     )
     opencv_threads: int = Field(
         0,
@@ -255,6 +257,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A live stream that sends no frame for this long is closed (code 1001).",
     )
+
+    @property
+    def face_detector_file(self) -> Path:
+        """FACE_DETECTOR_PATH, or the shipped file of the network FACE_DETECTOR names."""
+        if self.face_detector_path is not None:
+            return self.face_detector_path
+        return DEFAULT_YUNET_PATH if self.face_detector == "yunet" else DEFAULT_FACE_DETECTOR_PATH
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -94,9 +94,10 @@ def test_the_image_contents_serve_with_the_serve_requirements_alone(
             shutil.copy2(origin, target)
         else:
             assert source == "artifacts/", f"Dockerfile.serve copies {source}, which is missing"
-    # Whatever model is shipped, the test serves its own; the face detector is the shipped one
-    # (FACE_DETECTOR's default), which the image must carry.
-    assert (app_dir / "artifacts" / "face_detector.onnx").is_file(), "the image has no detector"
+    # Whatever model is shipped, the test serves its own; the face detectors are the shipped
+    # ones (YuNet, FACE_DETECTOR's default, and BlazeFace), which the image must carry.
+    for detector in ("yunet.onnx", "face_detector.onnx"):
+        assert (app_dir / "artifacts" / detector).is_file(), f"the image has no {detector}"
     build_emotion_model(app_dir / "artifacts" / "emotion.onnx")
 
     venv = tmp_path / "venv"

@@ -1,0 +1,181 @@
+"""Grayscale image -> face boxes, with OpenCV Zoo's YuNet run by onnxruntime (FACE_DETECTOR=yunet).
+
+YuNet is a face detector of 75k parameters made to run at the image's own size. On the 640x480
+frames of the detection bench it finds more faces than BlazeFace at every size from 48 pixels up
+and costs less CPU (docs/experiments.md, "YuNet"). It sees the detection copy (the image shrunk
+to DETECTION_MAX_SIDE) whole, padded to its stride; a copy smaller than `MIN_INPUT_SIDE` is
+enlarged to it, so that a tight crop of one face still gives the network some context, and one
+larger than `TILE_SPAN` is also run in tiles, which bounds the memory of one run.
+
+Its outputs are decoded as OpenCV's `FaceDetectorYN` does (per stride: a grid of cells, the
+score sqrt(class x objectness), centre offsets in cells and log sides), then overlapping boxes
+are suppressed and each box is corrected to frame the face as a Haar box does, so the emotion
+contract's `crop_margin` (measured on Haar boxes) still holds. The pipeline works on grayscale:
+the gray image is given on all three channels. Everything model-specific comes from the file's
+metadata (`contract.detector.YuNetMetadata`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from contract.detector import YuNetMetadata
+from service.detector_session import load_detector_session
+from service.faces import DetectorError, FaceBox, box_in, shrink, tile_span
+
+TILE_SPAN = 1280
+"""Most pixels of the detection copy one run sees: onnxruntime's activations grow with the input
+(peak memory of one run: 18 MB at 640x480, 137 MB at 1920x1440, 609 MB at 4096x3072), so a
+copy larger than this (DETECTION_MAX_SIDE above it) is run whole shrunk to this, for its large
+faces, and in overlapping tiles of this size at full resolution, for its small ones (4096x3072:
+263 MB; a 1080p photo at 1920 takes 91 ms of CPU this way, 57 in one run)."""
+MIN_INPUT_SIDE = 160
+"""Smallest longest side the network is run at: a 48x48 upload of one face is enlarged to it
+(measured: YuNet finds few faces that fill their whole input)."""
+HOW_TO_GET_YUNET = (
+    "build it with `python -m training.yunet` (training environment), or set "
+    "FACE_DETECTOR=blazeface or haar"
+)
+
+
+class YuNetDetector:
+    """One onnxruntime session, loaded once and shared by every request (at most
+    `concurrent_runs` run at once: onnxruntime's arena keeps what runs in flight together use).
+
+    `max_side` and `min_face_pixels` mean what they mean for the other detectors: a face is
+    reported when its side is at least `min_face_pixels` on a copy of the image shrunk to
+    `max_side`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_side: int = 640,
+        min_face_pixels: int = 24,
+        intra_op_threads: int = 0,
+        concurrent_runs: int = 1,
+        correct_boxes: bool = True,
+    ) -> None:
+        self.max_side = max_side
+        self.min_face_pixels = min_face_pixels
+        self._runs = threading.BoundedSemaphore(concurrent_runs)
+        self._session, self.metadata = load_detector_session(
+            path, YuNetMetadata.from_metadata, intra_op_threads, HOW_TO_GET_YUNET
+        )
+        self._stride = max(self.metadata.strides)
+        self._outputs = [
+            f"{kind}_{stride}"
+            for stride in self.metadata.strides
+            for kind in ("cls", "obj", "bbox")
+        ]
+        missing = set(self._outputs) - {output.name for output in self._session.get_outputs()}
+        if missing:
+            raise DetectorError(f"{path} lacks the outputs {sorted(missing)}; {HOW_TO_GET_YUNET}")
+        correction = self.metadata.box_correction
+        self._correction = (
+            (correction.scale, correction.offset_x, correction.offset_y)
+            if correct_boxes
+            else (1.0, 0.0, 0.0)
+        )
+
+    def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
+        """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
+        bottom, then left); square boxes, in pixels of `gray`."""
+        height, width = gray.shape
+        shrunk = min(1.0, self.max_side / max(height, width))
+        whole = min(shrunk, TILE_SPAN / max(height, width))
+        found = [self._candidates(gray, max(whole, MIN_INPUT_SIDE / max(height, width)))]
+        found += self._tile_candidates(gray, shrunk)
+        corners = np.concatenate([boxes for boxes, _ in found])
+        if not len(corners):
+            return []
+        scores = np.concatenate([scores for _, scores in found])
+        xywh = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2]], axis=1)
+        kept = cv2.dnn.NMSBoxes(
+            xywh.tolist(), scores.tolist(), self.metadata.min_score, self.metadata.nms_iou
+        )
+        scale, offset_x, offset_y = self._correction
+        smallest = self.min_face_pixels / shrunk
+        boxes = []
+        for x0, y0, x1, y1 in corners[np.asarray(kept, dtype=int).reshape(-1)]:
+            side = max(x1 - x0, y1 - y0)
+            centre_x = (x0 + x1) / 2 + offset_x * side
+            centre_y = (y0 + y1) / 2 + offset_y * side
+            side = round(side * scale)
+            if side < smallest:
+                continue
+            corner = (round(centre_x - side / 2), round(centre_y - side / 2))
+            box = box_in((*corner, side, side), 1, 1, (height, width))
+            if box.width > 0 and box.height > 0:
+                boxes.append(box)
+        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
+        return boxes if max_faces is None else boxes[:max_faces]
+
+    def _tile_candidates(
+        self, gray: np.ndarray, shrunk: float
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The network on overlapping tiles of the detection copy (`gray` scaled by `shrunk`),
+        at most TILE_SPAN pixels each, when the copy is larger than that; none otherwise, as
+        with the default 640 pixels."""
+        height, width = gray.shape
+        columns = math.ceil(width * shrunk / TILE_SPAN)
+        rows = math.ceil(height * shrunk / TILE_SPAN)
+        if columns * rows <= 1:
+            return []
+        found = []
+        for row in range(rows):
+            top, bottom = tile_span(row, rows, height)
+            for column in range(columns):
+                left, right = tile_span(column, columns, width)
+                corners, scores = self._candidates(gray[top:bottom, left:right], shrunk)
+                found.append((corners + np.array([left, top, left, top], np.float32), scores))
+        return found
+
+    def _candidates(self, gray: np.ndarray, fit: float) -> tuple[np.ndarray, np.ndarray]:
+        """The network run on `gray` scaled by `fit`, padded on the right and bottom to its
+        stride: boxes scoring at least `min_score`, (N, 4) left, top, right, bottom in pixels
+        of `gray`, and their scores."""
+        height, width = gray.shape
+        size = (max(1, round(width * fit)), max(1, round(height * fit)))
+        if fit < 1:
+            scaled = shrink(gray, size)
+        elif fit > 1:
+            scaled = cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR)
+        else:
+            scaled = gray
+        input_height, input_width = (
+            self._stride * math.ceil(side / self._stride) for side in scaled.shape
+        )
+        tensor = np.zeros((1, 3, input_height, input_width), np.float32)
+        tensor[0, :, : scaled.shape[0], : scaled.shape[1]] = scaled
+        with self._runs:
+            outputs = self._session.run(self._outputs, {"input": tensor})
+        corners, scores = [], []
+        for index, stride in enumerate(self.metadata.strides):
+            cls, obj, bbox = outputs[3 * index : 3 * index + 3]
+            score = np.sqrt(np.clip(cls[0, :, 0], 0, 1) * np.clip(obj[0, :, 0], 0, 1))
+            cells = np.flatnonzero(score >= self.metadata.min_score)
+            rows, columns = np.divmod(cells, input_width // stride)
+            offsets = bbox[0, cells]
+            centre_x = (columns + offsets[:, 0]) * stride
+            centre_y = (rows + offsets[:, 1]) * stride
+            half_width = np.exp(offsets[:, 2]) * stride / 2
+            half_height = np.exp(offsets[:, 3]) * stride / 2
+            corners.append(
+                np.stack(
+                    [
+                        centre_x - half_width,
+                        centre_y - half_height,
+                        centre_x + half_width,
+                        centre_y + half_height,
+                    ],
+                    axis=1,
+                )
+            )
+            scores.append(score[cells])
+        return np.concatenate(corners) / fit, np.concatenate(scores)
