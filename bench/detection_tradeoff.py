@@ -1,12 +1,13 @@
 """The face detectors compared: detection time, faces found by size, false faces.
 
     python bench/detection_tradeoff.py --data ../shared/data/fer2013.zip [--faces 300]
-        [--blazeface other.onnx ...]
+        [--blazeface other.onnx ...] [--yunet other.onnx ...]
 
 Face detection dominated the service's time with the Haar cascade, whose cost grows with the
 square of the side of the copy it searches (DETECTION_MAX_SIDE). This measures the Haar cascade
-at several sides and BlazeFace (the shipped artifacts/face_detector.onnx, and any other
-conversion given with --blazeface), each the service's own detector class:
+at several sides, BlazeFace (the shipped artifacts/face_detector.onnx, and any other
+conversion given with --blazeface) and YuNet (artifacts/yunet.onnx, or --yunet), each the
+service's own detector class:
 - the CPU time of one detection on the 640x480 portrait scene the serving benchmark uses (one
   OpenCV thread, one onnxruntime thread);
 - the faces found in the portrait scene at seven sizes, and whether the one found is in place
@@ -42,7 +43,8 @@ from harness.photos import VIDEO_SIZES, face_in_scene, scene  # noqa: E402
 from service.blazeface import BlazeFaceDetector  # noqa: E402
 from service.faces import FaceDetector  # noqa: E402
 from service.haar import HaarDetector  # noqa: E402
-from service.settings import DEFAULT_FACE_DETECTOR_PATH  # noqa: E402
+from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_YUNET_PATH  # noqa: E402
+from service.yunet import YuNetDetector  # noqa: E402
 
 SIDES = (320, 400, 480, 640)
 FACE_SIZES = (32, 48, 72, 96, 144, 200)
@@ -150,7 +152,7 @@ def portrait_faces(detector: FaceDetector, scenes: dict[str, np.ndarray]) -> dic
     return found
 
 
-def detectors(blazeface: list[Path]) -> dict[str, FaceDetector]:
+def detectors(blazeface: list[Path], yunet: list[Path]) -> dict[str, FaceDetector]:
     """The detectors compared, by the name their row gets."""
     named: dict[str, FaceDetector] = {
         f"haar, DETECTION_MAX_SIDE={side}": HaarDetector(max_side=side) for side in SIDES
@@ -159,15 +161,17 @@ def detectors(blazeface: list[Path]) -> dict[str, FaceDetector]:
         detector = BlazeFaceDetector(path, intra_op_threads=1)
         sizes = "+".join(str(size) for size in detector.metadata.input_sizes)
         named[f"blazeface {sizes} px ({path.name})"] = detector
+    for path in yunet:
+        named[f"yunet, the copy whole ({path.name})"] = YuNetDetector(path, intra_op_threads=1)
     return named
 
 
-def measure(data: Path, count: int, blazeface: list[Path]) -> dict[str, object]:
+def measure(data: Path, count: int, blazeface: list[Path], yunet: list[Path]) -> dict[str, object]:
     cv2.setNumThreads(1)  # CPU time of the work itself, whatever the core count
     faces = fer_test_faces(data, count)
     scenes = {f"{w}x{h}": np.asarray(scene(w, h).convert("L")) for w, h in SCENE_SIZES}
     rows = []
-    for name, detector in detectors(blazeface).items():
+    for name, detector in detectors(blazeface, yunet).items():
         rows.append(
             {
                 "detector": name,
@@ -222,9 +226,20 @@ def main() -> None:
         action="append",
         help="a BlazeFace conversion to compare (default: the shipped one); repeatable",
     )
+    parser.add_argument(
+        "--yunet",
+        type=Path,
+        action="append",
+        help="a YuNet file to compare (default: the shipped one); repeatable",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    result = measure(args.data, args.faces, args.blazeface or [DEFAULT_FACE_DETECTOR_PATH])
+    result = measure(
+        args.data,
+        args.faces,
+        args.blazeface or [DEFAULT_FACE_DETECTOR_PATH],
+        args.yunet or [DEFAULT_YUNET_PATH],
+    )
     report = markdown(result)
     write_results(args.out, "detection_tradeoff", result, report)
 

@@ -1,13 +1,13 @@
-"""Does the emotion model read faces as well through BlazeFace's crops as through Haar's?
+"""Does the emotion model read faces as well through YuNet's and BlazeFace's crops as Haar's?
 
     python bench/detector_crops.py --data ../shared/data/fer2013.zip [--faces 2000]
 
 The shipped emotion model was trained on FER2013's own crops, and the contract's `crop_margin`
-was measured on Haar boxes; BlazeFace's boxes are corrected to frame faces the same way
-(`python -m training crop-margin`). This checks the end of that chain: FER2013 validation faces
+was measured on Haar boxes; YuNet's and BlazeFace's boxes are corrected to frame faces the same
+way (`python -m training crop-margin`). This checks the end of that chain: FER2013 validation faces
 (the model's own run's hold-out, read from its metadata; never test/) are upscaled 4x into a neutral
 border, found by each detector, cropped by the service's own `crop_face` with the model's
-contract, and classified. Accuracy is compared on the faces both detectors find, beside the
+contract, and classified. Accuracy is compared on the faces every detector finds, beside the
 accuracy of the original 48x48 crops (what `detect=never` sees). Writes
 bench/results/detector_crops.{json,md}.
 """
@@ -28,7 +28,12 @@ from service.blazeface import BlazeFaceDetector  # noqa: E402
 from service.faces import FaceBox, FaceDetector, crop_face  # noqa: E402
 from service.haar import HaarDetector  # noqa: E402
 from service.model import EmotionModel  # noqa: E402
-from service.settings import DEFAULT_FACE_DETECTOR_PATH, DEFAULT_MODEL_PATH  # noqa: E402
+from service.settings import (  # noqa: E402
+    DEFAULT_FACE_DETECTOR_PATH,
+    DEFAULT_MODEL_PATH,
+    DEFAULT_YUNET_PATH,
+)
+from service.yunet import YuNetDetector  # noqa: E402
 from training.compare import validation_split_of  # noqa: E402
 from training.crop_margin import UPSCALE  # noqa: E402
 
@@ -46,13 +51,16 @@ def one_face(detector: FaceDetector, image: np.ndarray) -> FaceBox | None:
     return boxes[0] if len(boxes) == 1 else None
 
 
-def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) -> dict:
+def measure(
+    data: Path, count: int, model: EmotionModel, blazeface_path: Path, yunet_path: Path
+) -> dict:
     validation = validation_split_of(model).load(data).validation
     pick = np.random.default_rng(0).choice(len(validation), min(count, len(validation)), False)
     faces, labels = validation.x[pick], validation.y[pick]
     detectors: dict[str, FaceDetector] = {
         "haar": HaarDetector(),
-        "blazeface": BlazeFaceDetector(detector_path),
+        "blazeface": BlazeFaceDetector(blazeface_path),
+        "yunet": YuNetDetector(yunet_path),
     }
     margin, size = model.contract.crop_margin, model.contract.input_size
     crops: dict[str, list[np.ndarray | None]] = {name: [] for name in detectors}
@@ -62,7 +70,7 @@ def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) ->
             box = one_face(detector, image)
             crop = None if box is None else crop_face(image, box, margin=margin, size=size)
             crops[name].append(crop)
-    both = [i for i in range(len(faces)) if all(crops[n][i] is not None for n in detectors)]
+    every = [i for i in range(len(faces)) if all(crops[n][i] is not None for n in detectors)]
 
     def accuracy(batch: list[np.ndarray], truth: np.ndarray) -> float:
         predicted = model.predict(np.stack(batch)).argmax(1)
@@ -71,11 +79,11 @@ def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) ->
     result = {
         "faces": len(faces),
         "found": {name: sum(c is not None for c in crops[name]) for name in detectors},
-        "found_by_both": len(both),
-        "accuracy_on_faces_both_find": {
-            name: accuracy([crops[name][i] for i in both], labels[both]) for name in detectors
+        "found_by_all": len(every),
+        "accuracy_on_faces_all_find": {
+            name: accuracy([crops[name][i] for i in every], labels[every]) for name in detectors
         }
-        | {"original_48x48_crops": accuracy([faces[i] for i in both], labels[both])},
+        | {"original_48x48_crops": accuracy([faces[i] for i in every], labels[every])},
     }
     for name in detectors:
         found = [i for i, crop in enumerate(crops[name]) if crop is not None]
@@ -86,19 +94,21 @@ def measure(data: Path, count: int, model: EmotionModel, detector_path: Path) ->
 
 
 def markdown(result: dict) -> str:
-    both = result["accuracy_on_faces_both_find"]
+    every = result["accuracy_on_faces_all_find"]
     lines = [
-        "| crops of the faces both detectors find | emotion accuracy |",
+        "| crops of the faces every detector finds | emotion accuracy |",
         "|---|---|",
-        *(f"| {name} | {value} |" for name, value in both.items()),
+        *(f"| {name} | {value} |" for name, value in every.items()),
     ]
     found = ", ".join(f"{name} {count}" for name, count in result["found"].items())
+    own = ", ".join(
+        f"{name} {result[f'accuracy_on_faces_{name}_finds']}" for name in result["found"]
+    )
     return (
         f"FER2013 validation faces (the shipped run's hold-out), {result['faces']} drawn, upscaled "
-        f"{UPSCALE}x in a neutral border. One face found: {found}; by both: "
-        f"{result['found_by_both']}. Each detector's accuracy on all the faces it finds: haar "
-        f"{result['accuracy_on_faces_haar_finds']}, blazeface "
-        f"{result['accuracy_on_faces_blazeface_finds']}.\n\n" + "\n".join(lines) + "\n"
+        f"{UPSCALE}x in a neutral border. One face found: {found}; by all: "
+        f"{result['found_by_all']}. Each detector's accuracy on all the faces it finds: "
+        f"{own}.\n\n" + "\n".join(lines) + "\n"
     )
 
 
@@ -107,11 +117,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the FER2013 Kaggle zip")
     parser.add_argument("--faces", type=int, default=2000)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    parser.add_argument("--detector", type=Path, default=DEFAULT_FACE_DETECTOR_PATH)
+    parser.add_argument("--blazeface", type=Path, default=DEFAULT_FACE_DETECTOR_PATH)
+    parser.add_argument("--yunet", type=Path, default=DEFAULT_YUNET_PATH)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     model = EmotionModel.load(args.model)
-    result = measure(args.data, args.faces, model, args.detector)
+    result = measure(args.data, args.faces, model, args.blazeface, args.yunet)
     write_results(args.out, "detector_crops", result, markdown(result))
 
 
