@@ -35,8 +35,9 @@ copy larger than this (DETECTION_MAX_SIDE above it) is run whole shrunk to this,
 faces, and in overlapping tiles of this size at full resolution, for its small ones (4096x3072:
 263 MB; a 1080p photo at 1920 takes 91 ms of CPU this way, 57 in one run)."""
 MIN_INPUT_SIDE = 160
-"""Smallest longest side the network is run at: a 48x48 upload of one face is enlarged to it
-(measured: YuNet finds few faces that fill their whole input)."""
+"""Smallest longest side the network is run at: a 48x48 upload of one face is enlarged to it.
+Measured on 600 FER2013 train crops: one face found in 453 run at 48 pixels, 573 at 96, 582 at
+160, 586 at 240."""
 HOW_TO_GET_YUNET = (
     "build it with `python -m training.yunet` (training environment), or set "
     "FACE_DETECTOR=blazeface or haar"

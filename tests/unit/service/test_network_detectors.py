@@ -315,13 +315,16 @@ def test_yunet_finds_a_close_up_in_one_run(yunet, portrait_gray, fill):
     assert abs(centre(box)[1] - 640 * (y - top) / side) < 64
 
 
-def test_yunet_sees_a_tight_crop_of_one_face_enlarged(yunet, portrait_gray):
-    """A 48x48 upload of one face (FER2013's own crops are such): the face fills the image, so
-    the network runs it enlarged to MIN_INPUT_SIDE, and the box covers most of the image."""
+@pytest.mark.parametrize("side", [32, 40, 48])
+def test_yunet_sees_a_tight_crop_of_one_face_enlarged(yunet, portrait_gray, side):
+    """A small upload of one face (FER2013's own crops are 48x48): the face fills the image, and
+    YuNet run at the image's own size misses it (the 32-pixel crops here; a quarter of FER2013's
+    crops); run enlarged to MIN_INPUT_SIDE it finds it, its box over most of the image."""
     x, y = FACE_CENTRE
-    crop = cv2.resize(portrait_gray[y - 60 : y + 60, x - 60 : x + 60], (48, 48), cv2.INTER_AREA)
+    crop = cv2.resize(portrait_gray[y - 60 : y + 60, x - 60 : x + 60], (side, side), cv2.INTER_AREA)
     (box,) = yunet.detect(crop)
-    assert box.width > 30 and abs(centre(box)[0] - 24) < 8 and abs(centre(box)[1] - 24) < 8
+    assert box.width > side * 0.6
+    assert abs(centre(box)[0] - side / 2) < side / 6 and abs(centre(box)[1] - side / 2) < side / 6
 
 
 def test_yunet_finds_the_small_faces_of_a_large_photo_at_a_larger_detection_side(portrait_gray):
