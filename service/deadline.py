@@ -21,8 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.middleware import HttpMiddleware, has_body
-
-RETRY_AFTER_SECONDS = 1
+from service.retry import retry_after
 
 _deadline: ContextVar[tuple[float, float] | None] = ContextVar("deadline", default=None)
 """(monotonic() time by which the current request must be answered, the limit in seconds);
@@ -50,7 +49,7 @@ class DeadlineExceeded(HTTPException):
         super().__init__(
             status_code=503,
             detail=timed_out_detail(seconds),
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers=retry_after(),
         )
 
 
@@ -117,6 +116,6 @@ class RequestDeadline(HttpMiddleware):
         response = JSONResponse(
             {"detail": detail},
             status_code=status,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
+            headers=retry_after() | {"Connection": "close"},
         )
         await response(scope, receive, send)

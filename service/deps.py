@@ -10,11 +10,11 @@ from fastapi import Depends, HTTPException, Request
 
 from service.model import EmotionModel
 from service.pipeline import EmotionPipeline
+from service.retry import NOT_READY_SECONDS, retry_after
 from service.settings import Settings
 
 log = logging.getLogger("service")
 
-RETRY_AFTER_SECONDS = 5
 NOT_READY = "the model is not loaded yet: retry shortly (GET /ready says when)"
 
 
@@ -55,7 +55,7 @@ def not_ready() -> HTTPException:
     return HTTPException(
         status_code=503,
         detail=NOT_READY,
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        headers=retry_after(NOT_READY_SECONDS),
     )
 
 

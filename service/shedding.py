@@ -22,19 +22,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import ANALYSIS_PLACES_TAKEN, SHED
 from service.middleware import HttpMiddleware, Refusal, has_body
-
-RETRY_AFTER_SECONDS = 1
-
-
-def retry_headers(status_code: int) -> dict[str, str] | None:
-    """`Retry-After` on every 503 a route raises itself, as on the ones this middleware sends."""
-    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status_code == 503 else None
+from service.retry import BUSY_SECONDS, retry_after
 
 
 def saturated_detail(capacity: int) -> str:
     return (
         f"the service is saturated ({capacity} requests in progress in this process): "
-        f"retry after {RETRY_AFTER_SECONDS} s"
+        f"retry after {BUSY_SECONDS} s"
     )
 
 
@@ -89,5 +83,5 @@ class LoadShedding(HttpMiddleware):
         return JSONResponse(
             {"detail": saturated_detail(self.capacity)},
             status_code=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers=retry_after(),
         )

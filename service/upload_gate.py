@@ -34,8 +34,7 @@ from service.metrics import (
     UPLOADS_REFUSED,
 )
 from service.middleware import HttpMiddleware, Refusal, has_body
-
-RETRY_AFTER_SECONDS = 1
+from service.retry import BUSY_SECONDS, retry_after
 
 
 def too_slow_detail(received: int, seconds: float, min_rate: int) -> str:
@@ -48,21 +47,19 @@ def too_slow_detail(received: int, seconds: float, min_rate: int) -> str:
 def too_many_uploads_detail(limit: int) -> str:
     return (
         f"the service is reading as many uploads as it may ({limit}, MAX_ARRIVING_UPLOADS): "
-        f"retry after {RETRY_AFTER_SECONDS} s"
+        f"retry after {BUSY_SECONDS} s"
     )
 
 
 def too_many_bytes_detail(limit: int) -> str:
     return (
         f"the service holds as many bytes of arriving uploads as it may ({limit}, "
-        f"MAX_ARRIVING_UPLOAD_BYTES): retry after {RETRY_AFTER_SECONDS} s"
+        f"MAX_ARRIVING_UPLOAD_BYTES): retry after {BUSY_SECONDS} s"
     )
 
 
 def _busy(detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"detail": detail}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-    )
+    return JSONResponse({"detail": detail}, status_code=503, headers=retry_after())
 
 
 class UploadGate(HttpMiddleware):

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.images import ImageRejected
 from service.metrics import UPLOADS_REFUSED
 from service.middleware import HttpMiddleware
+from service.retry import DISK_FULL_SECONDS, retry_after
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for multipart boundaries and part headers on top of the file itself."""
@@ -32,7 +33,6 @@ DEFAULT_BODY_LIMIT = 64 * 1024
 """Paths without a limit of their own take no uploads."""
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-DISK_FULL_RETRY_AFTER_SECONDS = 5
 DISK_FULL = (
     "the service has no room left to hold the upload (its temporary directory is full): "
     "retry later, or send a smaller file"
@@ -132,7 +132,7 @@ def _disk_full_response() -> JSONResponse:
     return JSONResponse(
         {"detail": DISK_FULL},
         status_code=507,
-        headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)},
+        headers=retry_after(DISK_FULL_SECONDS),
     )
 
 

@@ -10,13 +10,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from service.annotate import JPEG, PNG, MediaType, annotated_image
 from service.deps import PipelineDep
 from service.images import ImageRejected
+from service.retry import retry_headers
 from service.routes.predict import (
     RAW_IMAGE_BODY,
     UPLOAD_ERRORS,
     AnalysedImageDep,
     error_response,
 )
-from service.shedding import retry_headers
 
 router = APIRouter(tags=["emotions"])
 

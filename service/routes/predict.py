@@ -12,9 +12,10 @@ from service import metrics
 from service.deadline import timed_out_detail, upload_timed_out_detail
 from service.deps import NOT_READY, PipelineDep, SettingsDep
 from service.images import ImageRejected
+from service.retry import retry_headers
 from service.schemas import BatchPrediction, DetectMode, ErrorDetail, FileError, Prediction
 from service.security import MISSING
-from service.shedding import retry_headers, saturated_detail
+from service.shedding import saturated_detail
 from service.upload_gate import too_many_uploads_detail
 from service.uploads import DISK_FULL, read_upload
 

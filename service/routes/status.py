@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.deps import RETRY_AFTER_SECONDS, StateDep
+from service.deps import StateDep
+from service.retry import NOT_READY_SECONDS, retry_after
 from service.schemas import Health, Readiness
 
 router = APIRouter(tags=["status"])
@@ -43,5 +44,5 @@ async def ready(state: StateDep, response: Response) -> Readiness:
     else:
         status = "loading"
     response.status_code = 503
-    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    response.headers.update(retry_after(NOT_READY_SECONDS))
     return Readiness(status=status, model=None)

@@ -11,14 +11,14 @@ from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from service import metrics
-from service.deadline import RETRY_AFTER_SECONDS, time_left
+from service.deadline import time_left
 from service.deps import PipelineDep, SettingsDep
 from service.images import ImageRejected
 from service.pipeline import EmotionPipeline
+from service.retry import retry_after, retry_headers
 from service.routes.predict import COMMON_ERRORS, MaxFacesQuery, error_response
 from service.schemas import DetectMode
 from service.settings import Settings
-from service.shedding import retry_headers
 from service.uploads import spooled_upload
 from service.video.analysis import FaceFollower, analyse_frames
 from service.video.decode import FORMATS, SampledFrame, VideoLimits, VideoReader
@@ -166,7 +166,7 @@ def _check_time() -> None:
             503,
             f"the video took longer to analyse than the limit of {limit:g} s "
             "(VIDEO_TIMEOUT_SECONDS): ask for a lower fps, or send a shorter clip",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers=retry_after(),
         )
 
 
