@@ -2,6 +2,7 @@
 meanwhile, how soon the attackers are cut, and whether memory and open files come back to rest.
 
     python bench/hostile_clients.py [--model artifacts/emotion.onnx] [--slow 40] [--idle 3000]
+        [--large 12]
 
 Starts the real service (`python -m service`, default settings plus the environment's) on a free
 port and attacks it over loopback, one attack at a time:
@@ -10,6 +11,9 @@ port and attacks it over loopback, one attack at a time:
   second (the slow-body attack of issue 39);
 - **idle connections**: `--idle` connections each send the first line of a request and never
   finish its headers;
+- **large images at once**: `--large` clients each post, at the same moment, a PNG of a
+  few hundred KB that decodes to 48 megapixels (the decompression-bomb shape that
+  MAX_DECODING_BYTES bounds), and the peak of the server's resident memory is sampled;
 - **a worker killed**: with `WORKERS=2`, 4 clients post photos and one worker is sent SIGKILL.
 
 During each, a normal client posts a 640x480 photo of a face on a new connection every
@@ -21,18 +25,22 @@ attack. Writes bench/results/hostile_clients.{json,md}.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import resource
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psutil
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,6 +192,74 @@ def idle(run: ServiceProcess, photo: bytes, args: argparse.Namespace) -> dict[st
     }
 
 
+LARGE_IMAGE_SIZE = (8000, 6000)
+"""48 megapixels: under MAX_IMAGE_PIXELS (50 MP), so each is decoded, not refused."""
+
+
+def large_png() -> bytes:
+    """A 48-megapixel RGB PNG that compresses to a few hundred KB (gray with a line every 40
+    rows), as an attacker would send."""
+    width, height = LARGE_IMAGE_SIZE
+    gray = np.full((height, width), 128, np.uint8)
+    gray[::40] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(np.dstack([gray] * 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextmanager
+def peak_rss_mb(run: ServiceProcess, every: float = 0.02) -> Iterator[list[float]]:
+    """The server's largest resident memory (MB) while the block runs, sampled; yields a list
+    whose one item is set when the block ends."""
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], server_usage(run)["rss_mb"])
+            done.wait(every)
+
+    with in_background(sample, "rss-sampler", stop=done):
+        yield peak
+
+
+def large_images(run: ServiceProcess, photo: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    image = large_png()
+    before = at_rest(run)
+
+    def post(_: int) -> int | str:
+        try:
+            return httpx.post(
+                f"{run.url}/predict",
+                content=image,
+                headers={"Content-Type": "image/png"},
+                timeout=120,
+            ).status_code
+        except httpx.HTTPError as error:
+            return type(error).__name__
+
+    with (
+        normal_client(run.url, photo, args.every) as answers,
+        peak_rss_mb(run) as peak,
+        ThreadPoolExecutor(args.large) as clients,
+    ):
+        statuses = list(clients.map(post, range(args.large)))
+    counted: dict[str, int] = {}
+    for status in statuses:
+        counted[str(status)] = counted.get(str(status), 0) + 1
+    return {
+        "clients": args.large,
+        "megapixels": LARGE_IMAGE_SIZE[0] * LARGE_IMAGE_SIZE[1] / 1e6,
+        "file_kb": len(image) // 1024,
+        "statuses": counted,
+        "peak_rss_mb": peak[0],
+        "decoding_budget_mb": Settings().max_decoding_bytes // (1024 * 1024),
+        "normal_client": summary(answers),
+        "at_rest_before": before,
+        "at_rest_after": at_rest(run),
+    }
+
+
 def worker_killed(model: Path, photo: bytes) -> dict[str, Any]:
     with service_process(model, settings={"WORKERS": "2", "LOG_LEVEL": "info"}) as run:
         wait_until(lambda: run.output().count("serving model") >= 2, 60)
@@ -256,7 +332,7 @@ def _rows(
     client: Callable[[dict[str, Any]], str],
     rest: Callable[[dict[str, Any]], str],
 ) -> list[str]:
-    slow, idle_run = attacks["slow_uploads"], attacks["idle"]
+    slow, idle_run, large = attacks["slow_uploads"], attacks["idle"], attacks["large_images"]
     return [
         f"| {slow['connections']} uploads at 1 byte/s | all after {slow['all_cut_after_s']} s "
         f"(grace {slow['grace_s']:g} s), {slow['answered_408']} seen answered 408 | "
@@ -267,6 +343,9 @@ def _rows(
         f"{idle_run['header_timeout_s']:g} s) | {client(idle_run)} | {rest(idle_run)} "
         f"({idle_run['during']['rss_mb']} MB, {idle_run['during']['open_files']} files "
         "during) |",
+        f"| {large['clients']} PNGs of {large['megapixels']:g} megapixels ({large['file_kb']} KB "
+        f"each) at once | answered {large['statuses']}; server peak {large['peak_rss_mb']} MB "
+        f"(decoding budget {large['decoding_budget_mb']} MB) | {client(large)} | {rest(large)} |",
     ]
 
 
@@ -277,6 +356,7 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=3000, help="idle connections")
     parser.add_argument("--seconds", type=float, default=15, help="length of each attack")
     parser.add_argument("--every", type=float, default=0.25, help="the normal client's pace")
+    parser.add_argument("--large", type=int, default=12, help="48-megapixel PNGs at once")
     parser.add_argument(
         "--rounds", type=int, default=2, help="each attack this many times: a leak would grow"
     )
@@ -289,7 +369,11 @@ def main() -> None:
         run_load(run.url, [photo], clients=4, seconds=3600, requests=WARM_UP_REQUESTS)
         for _ in range(args.rounds):
             result["rounds"].append(
-                {"slow_uploads": slow_uploads(run, photo, args), "idle": idle(run, photo, args)}
+                {
+                    "slow_uploads": slow_uploads(run, photo, args),
+                    "idle": idle(run, photo, args),
+                    "large_images": large_images(run, photo, args),
+                }
             )
     result["worker_killed"] = worker_killed(args.model, photo)
     write_results(RESULTS, "hostile_clients", result, markdown(result))
