@@ -232,7 +232,11 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
-        memory=MemoryBudget(settings.max_decoding_bytes, DECODING_WAIT_SECONDS),
+        memory=MemoryBudget(
+            settings.max_decoding_bytes,
+            DECODING_WAIT_SECONDS,
+            max_large=max(1, settings.worker_threads - 1),
+        ),
     )
     state.model = model
     state.pipeline = EmotionPipeline(model, detector, limits, settings.worker_threads)

@@ -6,6 +6,12 @@ past its memory limit, where the kernel kills the whole service. So each decode 
 what its header says it will need, and waits, a bounded time, while others hold the budget;
 past that wait the upload is answered 503 ("retry"), never a crash. A decode that needs more
 than the whole budget still runs, alone.
+
+A decode waits in a worker thread, so large decodes queued behind each other could hold every
+thread a small photo needs: twelve such PNGs at once kept a normal client waiting 5.8 s
+(bench/hostile_clients.py). So at most `max_large` large reservations (over `LARGE_SHARE` of the
+budget) are held or awaited at once, one fewer than the worker threads; one more is refused at
+once, and a thread stays free for everything else.
 """
 
 from __future__ import annotations
@@ -19,14 +25,21 @@ class BudgetExhausted(Exception):
     """The reservation did not fit within the wait."""
 
 
+LARGE_SHARE = 0.25
+"""A reservation over this share of the capacity is large: at most four of them fit at once."""
+
+
 class MemoryBudget:
     """Reservations of bytes against a fixed capacity, shared by the threads of one process."""
 
-    def __init__(self, capacity_bytes: int, wait_seconds: float) -> None:
+    def __init__(
+        self, capacity_bytes: int, wait_seconds: float, max_large: int | None = None
+    ) -> None:
         self.capacity_bytes = capacity_bytes
         self.wait_seconds = wait_seconds
         self._free = capacity_bytes
         self._changed = threading.Condition()
+        self._large = threading.BoundedSemaphore(max_large) if max_large else None
 
     @property
     def reserved_bytes(self) -> int:
@@ -41,13 +54,20 @@ class MemoryBudget:
         holder may find no thread to finish on."""
         held = min(max(0, nbytes), self.capacity_bytes)
         seconds = self.wait_seconds if wait else 0.0
-        with self._changed:
-            if not self._changed.wait_for(lambda: self._free >= held, seconds):
-                raise BudgetExhausted(f"{held} bytes did not come free within {seconds:g} s")
-            self._free -= held
+        large = self._large is not None and held > LARGE_SHARE * self.capacity_bytes
+        if large and not self._large.acquire(blocking=False):
+            raise BudgetExhausted("as many large decodes as may hold worker threads are under way")
         try:
-            yield
-        finally:
             with self._changed:
-                self._free += held
-                self._changed.notify_all()
+                if not self._changed.wait_for(lambda: self._free >= held, seconds):
+                    raise BudgetExhausted(f"{held} bytes did not come free within {seconds:g} s")
+                self._free -= held
+            try:
+                yield
+            finally:
+                with self._changed:
+                    self._free += held
+                    self._changed.notify_all()
+        finally:
+            if large:
+                self._large.release()

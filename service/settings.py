@@ -68,8 +68,9 @@ class Settings(BaseSettings):
         description="Memory that image and video decodes in flight may hold at once in each "
         "process, estimated from each header (a 150 KB PNG can claim 48 megapixels and need "
         "~450 MB; an open video holds 32 of its frames). An image waits up to 10 s for room, a "
-        "video not at all, then 503. One decode larger than this still runs, alone. Keep it well "
-        "under the container's memory limit.",
+        "video not at all, then 503; at most WORKER_THREADS - 1 decodes over a quarter of it are "
+        "under way or waiting at once, so a thread stays free for small photos. One decode "
+        "larger than this still runs, alone. Keep it well under the container's memory limit.",
     )
     max_aspect_ratio: float = Field(
         20.0, ge=1.0, description="Longest side over shortest side allowed (422 above)."

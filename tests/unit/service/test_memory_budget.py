@@ -68,3 +68,38 @@ def test_a_reservation_that_must_not_wait_is_refused_at_once():
             pass
         with budget.reserve(40, wait=False):
             assert budget.reserved_bytes == 100
+
+
+def test_large_reservations_held_or_awaited_are_bounded_and_one_more_is_refused_at_once():
+    """With `max_large` 2 (three worker threads): one large reservation holds the budget, a
+    second waits for it in its thread; a third is refused at once instead of taking the last
+    thread to wait in, and a small one still goes ahead beside them."""
+    budget = MemoryBudget(100, wait_seconds=3600.0, max_large=2)
+    holding, release = threading.Event(), threading.Event()
+    waiting_done = threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(60):
+            holding.set()
+            release.wait()
+
+    def wait_behind() -> None:
+        with budget.reserve(60):
+            waiting_done.set()
+
+    threads = [threading.Thread(target=hold), threading.Thread(target=wait_behind)]
+    threads[0].start()
+    holding.wait()
+    threads[1].start()
+    assert not waiting_done.wait(0.2)  # the second waits for room
+    with pytest.raises(BudgetExhausted, match="large decodes"), budget.reserve(30):
+        pass  # 30 is large (over a quarter of 100); two are already under way
+    with budget.reserve(20):  # small: goes ahead at once
+        assert budget.reserved_bytes == 80
+    release.set()
+    assert waiting_done.wait(30)
+    for thread in threads:
+        thread.join()
+    with budget.reserve(60), budget.reserve(30):  # the slots came back
+        pass
+    assert budget.reserved_bytes == 0
