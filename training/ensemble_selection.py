@@ -136,14 +136,65 @@ def choose(
     combines: tuple[Combine, ...] = COMBINES,
     equal_weights: bool = False,
 ) -> Choice:
-    """Weights, combination, flip averaging and temperature, all chosen on validation."""
+    """Weights, combination, flip averaging and temperature, all chosen on validation.
+
+    The selection runs twice, on the members' answers and on their answers averaged over each
+    face and its mirror image, each with its own weights: weights chosen on unflipped answers
+    undersold flip averaging for members that do not flip themselves (docs/experiments.md, "What
+    the members' own flip averaging buys"). Flip averaging doubles the cost of every face, so it
+    must win on accuracy outright."""
+    plain_pick = _select(plain, labels, rounds, combines, equal_weights)
+    flip_pick = _select(flip_averaged(plain, mirrored), labels, rounds, combines, equal_weights)
+    flip_tta = flip_pick.accuracy > plain_pick.accuracy
+    pick = flip_pick if flip_tta else plain_pick
+    return Choice(
+        combine=pick.combine,
+        counts=pick.chosen.counts,
+        flip_tta=flip_tta,
+        temperature=pick.temperature,
+        accuracy=pick.accuracy,
+        nll=pick.nll,
+        steps=pick.steps,
+        chosen_round=pick.steps.index(pick.chosen) + 1,
+        by_combine=pick.by_combine,
+        flip={
+            "accuracy_plain": plain_pick.accuracy,
+            "accuracy_flip": flip_pick.accuracy,
+            "nll_plain": plain_pick.nll,
+            "nll_flip": flip_pick.nll,
+            "counts_plain": list(plain_pick.chosen.counts),
+            "counts_flip": list(flip_pick.chosen.counts),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """The best selection on one set of answers."""
+
+    combine: Combine
+    steps: list[Step]
+    chosen: Step
+    accuracy: float
+    nll: float
+    temperature: float
+    by_combine: dict[str, dict[str, float]]
+
+
+def _select(
+    answers: list[Answers],
+    labels: np.ndarray,
+    rounds: int,
+    combines: tuple[Combine, ...],
+    equal_weights: bool,
+) -> _Pick:
     by_combine: dict[str, tuple[list[Step], Step]] = {}
     for combine in combines:
         if equal_weights:
-            steps = in_given_order(plain, labels, combine)
+            steps = in_given_order(answers, labels, combine)
             by_combine[combine] = (steps, steps[-1])
         else:
-            steps = greedy_selection(plain, labels, combine, rounds)
+            steps = greedy_selection(answers, labels, combine, rounds)
             by_combine[combine] = (steps, best_prefix(steps))
     combine = combines[0]
     for other in combines[1:]:
@@ -151,23 +202,16 @@ def choose(
             combine = other
     steps, chosen = by_combine[combine]
     weights = np.asarray(chosen.counts, dtype=np.float64) / sum(chosen.counts)
-
-    both = flip_averaged(plain, mirrored)
-    flip_accuracy, flip_nll, flip_temperature = accuracy_and_nll(
-        combined_scores(both, weights, combine), labels
+    accuracy, nll, temperature = accuracy_and_nll(
+        combined_scores(answers, weights, combine), labels
     )
-    accuracy, nll, temperature = accuracy_and_nll(combined_scores(plain, weights, combine), labels)
-    # Flip averaging doubles the cost of every face, so it must win on accuracy outright.
-    flip_tta = flip_accuracy > accuracy
-    return Choice(
+    return _Pick(
         combine=combine,
-        counts=chosen.counts,
-        flip_tta=flip_tta,
-        temperature=flip_temperature if flip_tta else temperature,
-        accuracy=flip_accuracy if flip_tta else accuracy,
-        nll=flip_nll if flip_tta else nll,
         steps=steps,
-        chosen_round=steps.index(chosen) + 1,
+        chosen=chosen,
+        accuracy=accuracy,
+        nll=nll,
+        temperature=temperature,
         by_combine={
             name: {
                 "accuracy": best.accuracy,
@@ -175,12 +219,6 @@ def choose(
                 "members": len(members_used(best.counts)),
             }
             for name, (_, best) in by_combine.items()
-        },
-        flip={
-            "accuracy_plain": accuracy,
-            "accuracy_flip": flip_accuracy,
-            "nll_plain": nll,
-            "nll_flip": flip_nll,
         },
     )
 
