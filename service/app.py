@@ -244,13 +244,15 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     state.ready = True
     contract = model.contract
     log.info(
-        "process %d serving model %s from %s (crop margin %g, pixel scale %g) with %d "
-        "onnxruntime and %d OpenCV threads, %d requests at a time and %d waiting, on %s",
+        "process %d serving model %s from %s (crop margin %g, pixel scale %g), faces found by "
+        "%s, with %d onnxruntime and %d OpenCV threads, %d requests at a time and %d waiting, "
+        "on %s",
         os.getpid(),
         model.model_id[:12],
         model.path,
         contract.crop_margin,
         contract.pixel_scale,
+        settings.face_detector,
         budget.onnxruntime,
         budget.opencv,
         settings.worker_threads,
