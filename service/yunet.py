@@ -165,8 +165,11 @@ class YuNetDetector:
             offsets = bbox[0, cells]
             centre_x = (columns + offsets[:, 0]) * stride
             centre_y = (rows + offsets[:, 1]) * stride
-            half_width = np.exp(offsets[:, 2]) * stride / 2
-            half_height = np.exp(offsets[:, 3]) * stride / 2
+            # Log sides clipped so that no input can make a side overflow (e^12 cells is far
+            # larger than any image; boxes are clipped to the image afterwards).
+            half_width, half_height = (
+                np.exp(np.clip(offsets[:, axis], -12, 12)) * stride / 2 for axis in (2, 3)
+            )
             corners.append(
                 np.stack(
                     [
