@@ -26,7 +26,7 @@ import numpy as np
 
 from contract.detector import AnchorOptions, DetectorMetadata, DetectorMetadataError
 from service.detector_session import load_detector_session
-from service.faces import DetectorError, FaceBox, box_in, shrink, tile_span
+from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
 
 STRIDE = 32
 """The network's coarsest stride: its input sides must be multiples of this."""
@@ -157,22 +157,8 @@ class BlazeFaceDetector:
         scores = np.concatenate([scores for _, scores in found])
         merged = weighted_nms(corners, scores, self.metadata.nms_iou)
 
-        scale, offset_x, offset_y = self._correction
         smallest = self.min_face_pixels / min(1.0, self.max_side / max(height, width))
-        boxes = []
-        for x0, y0, x1, y1 in merged:
-            side = max(x1 - x0, y1 - y0)
-            centre_x = (x0 + x1) / 2 + offset_x * side
-            centre_y = (y0 + y1) / 2 + offset_y * side
-            side = round(side * scale)
-            if side < smallest:
-                continue
-            corner = (round(centre_x - side / 2), round(centre_y - side / 2))
-            box = box_in((*corner, side, side), 1, 1, (height, width))
-            if box.width > 0 and box.height > 0:
-                boxes.append(box)
-        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
-        return boxes if max_faces is None else boxes[:max_faces]
+        return corrected_faces(merged, self._correction, smallest, (height, width), max_faces)
 
     def pass_sizes(self, height: int, width: int) -> list[int]:
         """The input sizes the whole image is run at, largest first: the largest is sized to the

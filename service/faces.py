@@ -155,3 +155,31 @@ def tile_span(index: int, count: int, length: int) -> tuple[int, int]:
     share = length / count
     reach = share * TILE_OVERLAP
     return max(0, round(index * share - reach)), min(length, round((index + 1) * share + reach))
+
+
+def corrected_faces(
+    corners: Sequence[Sequence[float]],
+    correction: tuple[float, float, float],
+    smallest: float,
+    shape: tuple[int, int],
+    max_faces: int | None,
+) -> list[FaceBox]:
+    """A network's boxes (left, top, right, bottom in pixels of an image of `shape`) as the
+    detectors answer them: squares on the longer side, corrected by (scale, offset x, offset y)
+    to frame the face as a Haar box does, at least `smallest` pixels, clipped to the image,
+    largest first (ties: top to bottom, then left), at most `max_faces`."""
+    scale, offset_x, offset_y = correction
+    boxes = []
+    for x0, y0, x1, y1 in corners:
+        side = max(x1 - x0, y1 - y0)
+        centre_x = (x0 + x1) / 2 + offset_x * side
+        centre_y = (y0 + y1) / 2 + offset_y * side
+        side = round(side * scale)
+        if side < smallest:
+            continue
+        corner = (round(centre_x - side / 2), round(centre_y - side / 2))
+        box = box_in((*corner, side, side), 1, 1, shape)
+        if box.width > 0 and box.height > 0:
+            boxes.append(box)
+    boxes.sort(key=lambda box: (-box.area, box.y, box.x))
+    return boxes if max_faces is None else boxes[:max_faces]

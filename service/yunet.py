@@ -26,7 +26,7 @@ import numpy as np
 
 from contract.detector import YuNetMetadata
 from service.detector_session import load_detector_session
-from service.faces import DetectorError, FaceBox, box_in, shrink, tile_span
+from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
 
 TILE_SPAN = 1280
 """Most pixels of the detection copy one run sees: onnxruntime's activations grow with the input
@@ -100,22 +100,9 @@ class YuNetDetector:
         kept = cv2.dnn.NMSBoxes(
             xywh.tolist(), scores.tolist(), self.metadata.min_score, self.metadata.nms_iou
         )
-        scale, offset_x, offset_y = self._correction
+        kept_corners = corners[np.asarray(kept, dtype=int).reshape(-1)]
         smallest = self.min_face_pixels / shrunk
-        boxes = []
-        for x0, y0, x1, y1 in corners[np.asarray(kept, dtype=int).reshape(-1)]:
-            side = max(x1 - x0, y1 - y0)
-            centre_x = (x0 + x1) / 2 + offset_x * side
-            centre_y = (y0 + y1) / 2 + offset_y * side
-            side = round(side * scale)
-            if side < smallest:
-                continue
-            corner = (round(centre_x - side / 2), round(centre_y - side / 2))
-            box = box_in((*corner, side, side), 1, 1, (height, width))
-            if box.width > 0 and box.height > 0:
-                boxes.append(box)
-        boxes.sort(key=lambda box: (-box.area, box.y, box.x))
-        return boxes if max_faces is None else boxes[:max_faces]
+        return corrected_faces(kept_corners, self._correction, smallest, (height, width), max_faces)
 
     def _tile_candidates(
         self, gray: np.ndarray, shrunk: float
