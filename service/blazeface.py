@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from contract.detector import AnchorOptions, DetectorMetadata, DetectorMetadataError
-from service.detector_session import load_detector_session
 from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
+from service.network_detector import NetworkDetector
 
 STRIDE = 32
 """The network's coarsest stride: its input sides must be multiples of this."""
@@ -99,33 +98,14 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[np.n
     return merged
 
 
-class BlazeFaceDetector:
-    """One onnxruntime session, loaded once and shared by every request (onnxruntime's `run` is
-    safe to call from several threads; at most `concurrent_runs` run at once).
+class BlazeFaceDetector(NetworkDetector[DetectorMetadata]):
+    """BlazeFace, run at its own square input sizes on the image letterboxed into them; the
+    detection copy larger than one view is also run in tiles (`TILE_SPAN`)."""
 
-    `max_side` and `min_face_pixels` mean what they mean for the Haar cascade: a face is
-    reported when its side is at least `min_face_pixels` on a copy of the image shrunk to
-    `max_side`; the network itself always sees its own input size."""
+    metadata_type = DetectorMetadata
+    how_to_get = HOW_TO_GET_A_DETECTOR
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        max_side: int = 640,
-        min_face_pixels: int = 24,
-        intra_op_threads: int = 0,
-        concurrent_runs: int = 1,
-        correct_boxes: bool = True,
-    ) -> None:
-        self.max_side = max_side
-        self.min_face_pixels = min_face_pixels
-        # onnxruntime's memory arena grows to the activations of all the runs in flight at once
-        # and keeps them: 4 worker threads detecting together held ~70 MB more for good. More
-        # runs at once than CPUs to run them buys nothing, so that is the limit.
-        self._runs = threading.BoundedSemaphore(concurrent_runs)
-        self._session, self.metadata = load_detector_session(
-            path, DetectorMetadata.from_metadata, intra_op_threads, HOW_TO_GET_A_DETECTOR
-        )
+    def _check_network(self, path: Path) -> None:
         anchors = self.metadata.anchors
         for size in self.metadata.input_sizes:
             blank = self._tensor(np.zeros((size, size), np.uint8))
@@ -138,12 +118,6 @@ class BlazeFaceDetector:
                 )
         min_score = self.metadata.min_score
         self._min_logit = math.log(min_score / (1 - min_score))
-        correction = self.metadata.box_correction
-        self._correction = (
-            (correction.scale, correction.offset_x, correction.offset_y)
-            if correct_boxes
-            else (1.0, 0.0, 0.0)
-        )
 
     def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
         """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to

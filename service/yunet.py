@@ -18,15 +18,14 @@ metadata (`contract.detector.YuNetMetadata`).
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from contract.detector import YuNetMetadata
-from service.detector_session import load_detector_session
 from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
+from service.network_detector import NetworkDetector
 
 TILE_SPAN = 1280
 """Most pixels of the detection copy one run sees: onnxruntime's activations grow with the input
@@ -44,30 +43,13 @@ HOW_TO_GET_YUNET = (
 )
 
 
-class YuNetDetector:
-    """One onnxruntime session, loaded once and shared by every request (at most
-    `concurrent_runs` run at once: onnxruntime's arena keeps what runs in flight together use).
+class YuNetDetector(NetworkDetector[YuNetMetadata]):
+    """YuNet, run at the size of the detection copy (see the module's docstring)."""
 
-    `max_side` and `min_face_pixels` mean what they mean for the other detectors: a face is
-    reported when its side is at least `min_face_pixels` on a copy of the image shrunk to
-    `max_side`."""
+    metadata_type = YuNetMetadata
+    how_to_get = HOW_TO_GET_YUNET
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        max_side: int = 640,
-        min_face_pixels: int = 24,
-        intra_op_threads: int = 0,
-        concurrent_runs: int = 1,
-        correct_boxes: bool = True,
-    ) -> None:
-        self.max_side = max_side
-        self.min_face_pixels = min_face_pixels
-        self._runs = threading.BoundedSemaphore(concurrent_runs)
-        self._session, self.metadata = load_detector_session(
-            path, YuNetMetadata.from_metadata, intra_op_threads, HOW_TO_GET_YUNET
-        )
+    def _check_network(self, path: Path) -> None:
         self._stride = max(self.metadata.strides)
         self._outputs = [
             f"{kind}_{stride}"
@@ -77,12 +59,6 @@ class YuNetDetector:
         missing = set(self._outputs) - {output.name for output in self._session.get_outputs()}
         if missing:
             raise DetectorError(f"{path} lacks the outputs {sorted(missing)}; {HOW_TO_GET_YUNET}")
-        correction = self.metadata.box_correction
-        self._correction = (
-            (correction.scale, correction.offset_x, correction.offset_y)
-            if correct_boxes
-            else (1.0, 0.0, 0.0)
-        )
 
     def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
         """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
