@@ -53,13 +53,14 @@ class NetworkDetector(Generic[Metadata]):
         concurrent_runs: int = 1,
         correct_boxes: bool = True,
     ) -> None:
+        path = Path(path)
         self.max_side = max_side
         self.min_face_pixels = min_face_pixels
         # onnxruntime's memory arena grows to the activations of all the runs in flight at once
         # and keeps them: 4 worker threads detecting together held ~70 MB more for good. More
         # runs at once than CPUs to run them buys nothing, so that is the limit.
         self._runs = threading.BoundedSemaphore(concurrent_runs)
-        self._session = self._load_session(Path(path), intra_op_threads)
+        self._session = self._load_session(path, intra_op_threads)
         self.metadata: Metadata = self._read_metadata(path)
         correction = self.metadata.box_correction
         self._correction = (
@@ -67,7 +68,7 @@ class NetworkDetector(Generic[Metadata]):
             if correct_boxes
             else (1.0, 0.0, 0.0)
         )
-        self._check_network(Path(path))
+        self._check_network(path)
 
     def _check_network(self, path: Path) -> None:
         """Raise `DetectorError` when the network does not answer as its metadata says."""
