@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from contract.detector import AnchorOptions, DetectorMetadata, DetectorMetadataError
-from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
+from service.faces import DetectorError, FaceBox, shrink, tile_span
 from service.network_detector import NetworkDetector
 
 STRIDE = 32
@@ -130,9 +130,7 @@ class BlazeFaceDetector(NetworkDetector[DetectorMetadata]):
             return []
         scores = np.concatenate([scores for _, scores in found])
         merged = weighted_nms(corners, scores, self.metadata.nms_iou)
-
-        smallest = self.min_face_pixels / min(1.0, self.max_side / max(height, width))
-        return corrected_faces(merged, self._correction, smallest, (height, width), max_faces)
+        return self._faces(merged, (height, width), max_faces)
 
     def pass_sizes(self, height: int, width: int) -> list[int]:
         """The input sizes the whole image is run at, largest first: the largest is sized to the

@@ -9,13 +9,14 @@ as its metadata says, and decodes its own outputs. A missing, unreadable or fore
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import onnxruntime as ort
 
 from contract.detector import BoxCorrection, DetectorMetadataError
-from service.faces import DetectorError
+from service.faces import DetectorError, FaceBox, corrected_faces
 
 
 class NetworkMetadata(Protocol):
@@ -69,6 +70,16 @@ class NetworkDetector(Generic[Metadata]):
             else (1.0, 0.0, 0.0)
         )
         self._check_network(path)
+
+    def _faces(
+        self, corners: Sequence[Sequence[float]], shape: tuple[int, int], max_faces: int | None
+    ) -> list[FaceBox]:
+        """The network's kept boxes (left, top, right, bottom in pixels of an image of `shape`)
+        as every detector answers them: corrected squares, none smaller than `min_face_pixels`
+        on the detection copy, largest first, at most `max_faces`."""
+        shrunk = min(1.0, self.max_side / max(shape))
+        smallest = self.min_face_pixels / shrunk
+        return corrected_faces(corners, self._correction, smallest, shape, max_faces)
 
     def _check_network(self, path: Path) -> None:
         """Raise `DetectorError` when the network does not answer as its metadata says."""

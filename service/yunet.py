@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from contract.detector import YuNetMetadata
-from service.faces import DetectorError, FaceBox, corrected_faces, shrink, tile_span
+from service.faces import DetectorError, FaceBox, shrink, tile_span
 from service.network_detector import NetworkDetector
 
 TILE_SPAN = 1280
@@ -77,8 +77,7 @@ class YuNetDetector(NetworkDetector[YuNetMetadata]):
             xywh.tolist(), scores.tolist(), self.metadata.min_score, self.metadata.nms_iou
         )
         kept_corners = corners[np.asarray(kept, dtype=int).reshape(-1)]
-        smallest = self.min_face_pixels / shrunk
-        return corrected_faces(kept_corners, self._correction, smallest, (height, width), max_faces)
+        return self._faces(kept_corners, (height, width), max_faces)
 
     def _tile_candidates(
         self, gray: np.ndarray, shrunk: float
