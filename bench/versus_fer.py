@@ -1,6 +1,6 @@
 """This service over HTTP against the `fer` package in process, on the same photos, in one run.
 
-    python bench/versus_fer.py [--rounds 5] [--requests 100] [--baseline CHECKOUT]
+    python bench/versus_fer.py [--rounds 5] [--requests 100] [--baseline CHECKOUT] [--model FILE]
 
 People compare this service with `fer` (a Haar cascade and a mini-Xception network, run in the
 caller's process). `fer` runs from its own environment, bench/.fer-venv (made on first use from
@@ -9,7 +9,9 @@ for Haar), in one long-lived process that times each photo on request: JPEG byte
 OpenCV, then `FER().detect_emotions`. The service (`python -m service`, default settings) is timed
 by one keep-alive client, with the photo posted as multipart and as a raw `image/jpeg` body, and
 by 16 closed-loop clients. With `--baseline`, the service of another checkout (e.g. a
-`git worktree add /tmp/baseline HEAD`) is measured in the same rounds, for an A/B.
+`git worktree add /tmp/baseline HEAD`) is measured in the same rounds, for an A/B; with
+`--model FILE` (repeatable), this checkout's service serving that model file instead of the
+shipped one (e.g. the one-network fast choice) is too.
 
 Photos: the real portrait (tests/data) at 256x256, and framed in a 640x480 photo. Each round
 measures every contender on every photo back to back; the figures are medians over rounds of
@@ -180,9 +182,11 @@ def median_ms(seconds: list[float]) -> float:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": versions(), "rounds": args.rounds}
-    contenders = {"service": REPO}
+    contenders: dict[str, tuple[Path, Path | None]] = {"service": (REPO, None)}
     if args.baseline:
-        contenders["baseline"] = args.baseline.resolve()
+        contenders["baseline"] = (args.baseline.resolve(), None)
+    for model in args.model:
+        contenders[f"service with {_shown(model)}"] = (REPO, model.resolve())
     timings: dict[str, dict[str, list[Timing]]] = defaultdict(lambda: defaultdict(list))
     rates: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
@@ -193,9 +197,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         fer = stack.enter_context(fer_process())
         services = {
             name: stack.enter_context(
-                service_process(None, cwd=checkout, settings={"LOG_LEVEL": "warning"})
+                service_process(model, cwd=checkout, settings={"LOG_LEVEL": "warning"})
             )
-            for name, checkout in contenders.items()
+            for name, (checkout, model) in contenders.items()
         }
         ways = {
             f"{name}, HTTP {way}": (service, way == "raw body")
@@ -223,6 +227,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name, by_photo in rates.items()
     }
     return result
+
+
+def _shown(model: Path) -> str:
+    """A model file as the report names it: relative to the checkout where it is inside."""
+    path = model.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _figures(runs: list[Timing]) -> dict[str, Any]:
@@ -270,6 +280,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="timed per photo and round")
     parser.add_argument("--load-seconds", type=float, default=4.0, help="16 clients, per round")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure alike")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=[],
+        help="also this checkout's service serving this model file (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     result = measure(args)
