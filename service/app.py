@@ -219,8 +219,8 @@ def load_detector(settings: Settings) -> FaceDetector:
 
 
 def _start(state: ServiceState, model: EmotionModel | None) -> None:
-    """Size the thread pools, load (unless given) and warm up the model, build the pipeline,
-    then declare ready."""
+    """Size the thread pools, load (unless given) and warm up the model, build the pipeline and
+    warm it up at full concurrency, then declare ready."""
     settings = state.settings
     return_large_buffers_to_the_system()
     budget = thread_budget(settings)
@@ -240,6 +240,7 @@ def _start(state: ServiceState, model: EmotionModel | None) -> None:
     )
     state.model = model
     state.pipeline = EmotionPipeline(model, detector, limits, settings.worker_threads)
+    state.pipeline.warm_up()
     metrics.serving_model(model.model_id)
     state.ready = True
     contract = model.contract

@@ -7,7 +7,9 @@ it off the event loop onto a bounded pool of worker threads.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +25,9 @@ from service.schemas import Box, DetectMode, EmotionProbabilities, Face, FileErr
 from service.stages import stage
 
 PROBABILITY_DECIMALS = 6
+WARM_UP_ROUNDS = 2
+"""Rounds of the warm-up: after one, the first busy seconds still added a third of what they
+add without any (docs/experiments.md, "Warm-up at full concurrency")."""
 
 T = TypeVar("T")
 
@@ -47,6 +52,33 @@ class EmotionPipeline:
 
     def __post_init__(self) -> None:
         self._limiter = anyio.CapacityLimiter(self.worker_threads)
+
+    def warm_up(self) -> None:
+        """On `worker_threads` threads at once, detect faces in a photo-shaped frame, then
+        classify a crop (each step started by all together), before the process says it is ready.
+
+        onnxruntime and the allocator keep buffers for each run that overlaps another, and keep
+        them: without this, a process's first busy seconds add ~75 MB (YuNet at 640 pixels and
+        the four-network ensemble, four requests at a time) that look like a leak to whoever
+        watches its memory, and a container limit too small to serve fails under load instead
+        of at start. Measured in docs/experiments.md ("Warm-up at full concurrency").
+        """
+        side = self.detector.max_side
+        frame = np.zeros((side * 3 // 4, side), np.uint8)  # 4:3, the shape of most photos
+        size = self.model.contract.input_size
+        crop = np.zeros((1, size, size), np.uint8)
+        together = threading.Barrier(self.worker_threads)
+
+        def one_worker() -> None:
+            for _ in range(WARM_UP_ROUNDS):
+                together.wait()
+                self.detector.detect(frame)
+                together.wait()
+                self.model.predict(crop)
+
+        with ThreadPoolExecutor(self.worker_threads, thread_name_prefix="warm-up") as pool:
+            for done in [pool.submit(one_worker) for _ in range(self.worker_threads)]:
+                done.result()
 
     async def run(
         self, uploads: Sequence[bytes | ImageRejected], detect: DetectMode, max_faces: int

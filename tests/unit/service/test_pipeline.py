@@ -1,10 +1,17 @@
-"""The pipeline's choice of resolution: large JPEGs decoded reduced, boxes in full pixels."""
+"""The pipeline's choice of resolution (large JPEGs decoded reduced, boxes in full pixels) and
+its warm-up at full concurrency."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import Counter
+
+import numpy as np
 import pytest
 
 from harness.photos import scene
+from service.pipeline import WARM_UP_ROUNDS
 from tests.fixtures.service import encode
 
 
@@ -34,3 +41,43 @@ def test_a_reduced_jpeg_decode_finds_the_face_where_a_full_decode_does(
     assert abs(reduced_face["box"]["width"] - side) < 0.1 * side
     # the portrait fills the frame's height: her face is about 210 pixels wide at 1080p
     assert 180 < side < 240
+
+
+class _CallsByThread:
+    """A real part of the pipeline, with each call of one of its methods noted: which thread made
+    it and with what first argument's shape."""
+
+    def __init__(self, part: object, method: str) -> None:
+        self._part, self._method = part, method
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._part, name)
+        if name != self._method:
+            return real
+
+        def noted(first: np.ndarray, *args: object, **kwargs: object) -> object:
+            with self._lock:
+                self.calls.append((threading.current_thread().name, first.shape))
+            return real(first, *args, **kwargs)
+
+        return noted
+
+
+def test_the_warm_up_detects_and_classifies_on_every_worker_thread(make_client):
+    """Each worker thread runs the real detector on a 4:3 frame of the detection size and the
+    real model on one crop, once a round, so the buffers that overlapping runs keep are there
+    before the process says it is ready."""
+    with make_client(worker_threads=3, detection_max_side=480) as client:
+        pipeline = client.app.state.service.pipeline
+        detector = _CallsByThread(pipeline.detector, "detect")
+        model = _CallsByThread(pipeline.model, "predict")
+        warmed = dataclasses.replace(pipeline, detector=detector, model=model)
+        warmed.warm_up()
+    for calls in (detector.calls, model.calls):
+        threads = Counter(thread for thread, _ in calls)
+        assert len(threads) == 3
+        assert set(threads.values()) == {WARM_UP_ROUNDS}
+    assert {shape for _, shape in detector.calls} == {(360, 480)}
+    assert {shape for _, shape in model.calls} == {(1, 48, 48)}
