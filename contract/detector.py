@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 METADATA_KEY = "face_detector"
 """ONNX `metadata_props` key holding the detector's metadata as JSON."""
@@ -51,20 +51,64 @@ class BoxCorrection:
     offset_y: float = 0.0
 
 
-def _decoding_problems(min_score: float, nms_iou: float, correction: BoxCorrection) -> list[str]:
-    """What is wrong with the thresholds and box correction every detector file carries."""
-    problems = []
-    if not 0 < min_score < 1:
-        problems.append(f"min_score must be in (0, 1), got {min_score}")
-    if not 0 < nms_iou < 1:
-        problems.append(f"nms_iou must be in (0, 1), got {nms_iou}")
-    if not 0.5 <= correction.scale <= 2:
-        problems.append(f"box_correction.scale must be in [0.5, 2], got {correction}")
-    return problems
+class _DetectorFile:
+    """What both detector files' metadata do alike: thresholds and a box correction checked when
+    made, JSON under one `metadata_props` key, and a message naming the command that writes it
+    when a file lacks it. A subclass names its key, its writer and its own checks and fields."""
+
+    key: ClassVar[str]
+    written_by: ClassVar[str]
+    min_score: float
+    nms_iou: float
+    box_correction: BoxCorrection
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if not 0 < self.min_score < 1:
+            problems.append(f"min_score must be in (0, 1), got {self.min_score}")
+        if not 0 < self.nms_iou < 1:
+            problems.append(f"nms_iou must be in (0, 1), got {self.nms_iou}")
+        if not 0.5 <= self.box_correction.scale <= 2:
+            problems.append(f"box_correction.scale must be in [0.5, 2], got {self.box_correction}")
+        if problems:
+            raise DetectorMetadataError("; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        """What is wrong with the fields only this kind of file has."""
+        return []
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)  # every subclass is a dataclass
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Self:
+        if cls.key not in metadata:
+            raise DetectorMetadataError(
+                f"the file carries no '{cls.key}' metadata: it was not written by "
+                f"`{cls.written_by}`"
+            )
+        return cls.from_json(metadata[cls.key])
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        try:
+            payload: dict[str, Any] = json.loads(text)
+            correction = BoxCorrection(**payload.pop("box_correction", {}))
+            return cls._from_payload(payload, correction)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+            raise DetectorMetadataError(
+                f"the '{cls.key}' metadata is not valid: {error!r}"
+            ) from error
+
+    @classmethod
+    def _from_payload(cls, payload: dict[str, Any], correction: BoxCorrection) -> Self:
+        """The metadata from its JSON object (its box correction already read): JSON lists
+        made tuples where the fields are tuples."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class DetectorMetadata:
+class DetectorMetadata(_DetectorFile):
     """A converted BlazeFace model and how to decode it.
 
     - `input_sizes`: the square inputs, in pixels, the network is run at; their boxes are
@@ -91,43 +135,25 @@ class DetectorMetadata:
     box_correction: BoxCorrection = field(default_factory=BoxCorrection)
     source: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        problems = _decoding_problems(self.min_score, self.nms_iou, self.box_correction)
+    key: ClassVar[str] = METADATA_KEY
+    written_by: ClassVar[str] = "python -m training.face_detector"
+
+    def _problems(self) -> list[str]:
         if not self.input_sizes or any(size <= 0 or size % 32 for size in self.input_sizes):
-            problems.append(f"input_sizes must be multiples of 32, got {self.input_sizes}")
-        if problems:
-            raise DetectorMetadataError("; ".join(problems))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+            return [f"input_sizes must be multiples of 32, got {self.input_sizes}"]
+        return []
 
     @classmethod
-    def from_json(cls, text: str) -> DetectorMetadata:
-        try:
-            payload: dict[str, Any] = json.loads(text)
-            anchors = payload.pop("anchors")
-            correction = payload.pop("box_correction", {})
-            return cls(
-                input_sizes=tuple(payload.pop("input_sizes")),
-                anchors=AnchorOptions(
-                    **anchors | {k: tuple(anchors[k]) for k in ("strides", "aspect_ratios")}
-                ),
-                box_correction=BoxCorrection(**correction),
-                **payload,
-            )
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
-            raise DetectorMetadataError(
-                f"face detector metadata is not valid: {error!r}"
-            ) from error
-
-    @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str]) -> DetectorMetadata:
-        if METADATA_KEY not in metadata:
-            raise DetectorMetadataError(
-                f"the file carries no '{METADATA_KEY}' metadata: it was not written by "
-                "`python -m training.face_detector`"
-            )
-        return cls.from_json(metadata[METADATA_KEY])
+    def _from_payload(cls, payload: dict[str, Any], correction: BoxCorrection) -> Self:
+        anchors = payload.pop("anchors")
+        return cls(
+            input_sizes=tuple(payload.pop("input_sizes")),
+            anchors=AnchorOptions(
+                **anchors | {k: tuple(anchors[k]) for k in ("strides", "aspect_ratios")}
+            ),
+            box_correction=correction,
+            **payload,
+        )
 
 
 YUNET_METADATA_KEY = "yunet"
@@ -135,7 +161,7 @@ YUNET_METADATA_KEY = "yunet"
 
 
 @dataclass(frozen=True)
-class YuNetMetadata:
+class YuNetMetadata(_DetectorFile):
     """A YuNet model (OpenCV Zoo's face detector) and how to decode it.
 
     The graph takes `[1, 3, H, W]` float32 BGR in [0, 255] (NCHW), H and W any multiples of
@@ -152,29 +178,14 @@ class YuNetMetadata:
     box_correction: BoxCorrection = field(default_factory=BoxCorrection)
     source: dict[str, str] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        problems = _decoding_problems(self.min_score, self.nms_iou, self.box_correction)
-        if not self.strides or any(stride <= 0 for stride in self.strides):
-            problems.append(f"strides must be positive, got {self.strides}")
-        if problems:
-            raise DetectorMetadataError("; ".join(problems))
+    key: ClassVar[str] = YUNET_METADATA_KEY
+    written_by: ClassVar[str] = "python -m training.yunet"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+    def _problems(self) -> list[str]:
+        if not self.strides or any(stride <= 0 for stride in self.strides):
+            return [f"strides must be positive, got {self.strides}"]
+        return []
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str]) -> YuNetMetadata:
-        if YUNET_METADATA_KEY not in metadata:
-            raise DetectorMetadataError(
-                f"the file carries no '{YUNET_METADATA_KEY}' metadata: it was not written by "
-                "`python -m training.yunet`"
-            )
-        try:
-            payload: dict[str, Any] = json.loads(metadata[YUNET_METADATA_KEY])
-            return cls(
-                strides=tuple(payload.pop("strides")),
-                box_correction=BoxCorrection(**payload.pop("box_correction", {})),
-                **payload,
-            )
-        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
-            raise DetectorMetadataError(f"YuNet metadata is not valid: {error!r}") from error
+    def _from_payload(cls, payload: dict[str, Any], correction: BoxCorrection) -> Self:
+        return cls(strides=tuple(payload.pop("strides")), box_correction=correction, **payload)
