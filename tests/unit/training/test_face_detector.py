@@ -18,9 +18,9 @@ from training import face_detector
 from training.errors import ExportError
 
 CACHED = [
-    folder / face_detector.WHEEL
+    folder / face_detector.WHEEL.filename
     for folder in (Path(tempfile.gettempdir()) / "mediapipe", Path(tempfile.gettempdir()) / "mp")
-    if (folder / face_detector.WHEEL).is_file()
+    if (folder / face_detector.WHEEL.filename).is_file()
 ]
 
 
@@ -41,7 +41,7 @@ def test_conversion_rebuilds_the_shipped_detector(tmp_path):
 
 
 def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path):
-    impostor = tmp_path / face_detector.WHEEL
+    impostor = tmp_path / face_detector.WHEEL.filename
     impostor.write_bytes(b"not the wheel")
     with pytest.raises(ExportError, match="not the pinned"):
         face_detector.build("full_range", tmp_path / "out.onnx", tmp_path, wheel=impostor)
@@ -55,4 +55,4 @@ def test_the_shipped_metadata_is_the_conversions():
     assert shipped.anchors == expected.anchors
     assert shipped.input_sizes == expected.input_sizes
     assert shipped.box_correction == expected.box_correction
-    assert shipped.source["wheel_sha256"] == face_detector.WHEEL_SHA256
+    assert shipped.source["wheel_sha256"] == face_detector.WHEEL.sha256

