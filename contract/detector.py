@@ -164,7 +164,8 @@ YUNET_METADATA_KEY = "yunet"
 class YuNetMetadata(_DetectorFile):
     """A YuNet model (OpenCV Zoo's face detector) and how to decode it.
 
-    The graph takes `[1, 3, H, W]` float32 BGR in [0, 255] (NCHW), H and W any multiples of
+    The graph takes `[1, 1, H, W]` float32 gray in [0, 255] (NCHW; OpenCV Zoo's file takes BGR,
+    and `training.yunet` sums its first convolution over the three), H and W any multiples of
     `max(strides)`, and answers, per stride s, `cls_s`, `obj_s` `[1, H*W/s^2, 1]` (probabilities),
     `bbox_s` `[1, H*W/s^2, 4]` (centre offset in cells, log side in cells) and `kps_s` (five
     landmarks, unused). A face is sqrt(cls * obj) of at least `min_score`; boxes overlapping above

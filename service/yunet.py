@@ -10,9 +10,10 @@ larger than `TILE_SPAN` is also run in tiles, which bounds the memory of one run
 Its outputs are decoded as OpenCV's `FaceDetectorYN` does (per stride: a grid of cells, the
 score sqrt(class x objectness), centre offsets in cells and log sides), then overlapping boxes
 are suppressed and each box is corrected to frame the face as a Haar box does, so the emotion
-contract's `crop_margin` (measured on Haar boxes) still holds. The pipeline works on grayscale:
-the gray image is given on all three channels. Everything model-specific comes from the file's
-metadata (`contract.detector.YuNetMetadata`).
+contract's `crop_margin` (measured on Haar boxes) still holds. The pipeline works on grayscale,
+and the shipped file takes one gray channel (`training.yunet` folded its colour channels into
+one). Everything model-specific comes from the file's metadata
+(`contract.detector.YuNetMetadata`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class YuNetDetector(NetworkDetector[YuNetMetadata]):
         missing = set(self._outputs) - {output.name for output in self._session.get_outputs()}
         if missing:
             raise DetectorError(f"{path} lacks the outputs {sorted(missing)}; {HOW_TO_GET_YUNET}")
+        (image,) = self._session.get_inputs()
+        if image.shape[1] != 1:
+            raise DetectorError(
+                f"{path} takes {image.shape[1]} channels, not one gray channel (a file built "
+                f"before the channel fold); {HOW_TO_GET_YUNET}"
+            )
 
     def detect(self, gray: np.ndarray, max_faces: int | None = None) -> list[FaceBox]:
         """The faces in `gray` (at most `max_faces` when given), largest first (ties: top to
@@ -114,8 +121,8 @@ class YuNetDetector(NetworkDetector[YuNetMetadata]):
         input_height, input_width = (
             self._stride * math.ceil(side / self._stride) for side in scaled.shape
         )
-        tensor = np.zeros((1, 3, input_height, input_width), np.float32)
-        tensor[0, :, : scaled.shape[0], : scaled.shape[1]] = scaled
+        tensor = np.zeros((1, 1, input_height, input_width), np.float32)
+        tensor[0, 0, : scaled.shape[0], : scaled.shape[1]] = scaled
         with self._runs:
             outputs = self._session.run(self._outputs, {"input": tensor})
         corners, scores = [], []

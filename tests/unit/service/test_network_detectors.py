@@ -208,6 +208,22 @@ def test_unusable_files_are_refused_with_what_to_do(tmp_path, model_path, name, 
         kind(model_path)  # the emotion test model: a model, not a detector
 
 
+def test_a_yunet_file_on_three_colour_channels_is_refused_with_what_to_do(tmp_path):
+    """A file built before the channel fold (OpenCV Zoo's three channels) would be fed one: it
+    is refused at start, with the command that builds the current file."""
+    proto = onnx.load(str(DEFAULT_YUNET_PATH))
+    (first,) = [node for node in proto.graph.node if "input" in node.input]
+    weights = next(init for init in proto.graph.initializer if init.name == first.input[1])
+    gray = onnx.numpy_helper.to_array(weights)
+    colour = np.repeat(gray / 3, 3, axis=1)
+    weights.CopyFrom(onnx.numpy_helper.from_array(colour, weights.name))
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    old = tmp_path / "yunet-colour.onnx"
+    onnx.save(proto, str(old))
+    with pytest.raises(DetectorError, match=r"takes 3 channels.*python -m training.yunet"):
+        YuNetDetector(old)
+
+
 def test_the_setting_chooses_the_detector(make_client):
     with make_client() as client:
         assert isinstance(client.app.state.service.pipeline.detector, YuNetDetector)

