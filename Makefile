@@ -44,7 +44,7 @@ VIDEO_BENCH_SECONDS ?= 600
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/serve_bench.py --soak-requests $(SOAK_REQUESTS)
-	$(BIN)/python bench/versus_fer.py
+	$(BIN)/python bench/versus_fer.py --model artifacts/fast/emotion.onnx
 	$(BIN)/python bench/hostile_clients.py
 	$(BIN)/python bench/video_bench.py --long-seconds $(VIDEO_BENCH_SECONDS)
 

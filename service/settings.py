@@ -27,7 +27,9 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(
         DEFAULT_MODEL_PATH,
-        description="The ONNX model to serve; it must carry the emotion contract in its metadata.",
+        description="The ONNX model to serve; it must carry the emotion contract in its metadata. "
+        "`artifacts/fast/emotion.onnx` is the fast choice: one network, about a quarter of the "
+        "default ensemble's time a face, for 1.4 points less accuracy (README).",
     )
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in Docker).")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
