@@ -7,11 +7,13 @@ caller's process). `fer` runs from its own environment, bench/.fer-venv (made on
 bench/fer-requirements.txt: `fer` itself without the MTCNN and video extras it never imports
 for Haar), in one long-lived process that times each photo on request: JPEG bytes decoded by
 OpenCV, then `FER().detect_emotions`. The service (`python -m service`, default settings) is timed
-by one keep-alive client, with the photo posted as multipart and as a raw `image/jpeg` body, and
-by 16 closed-loop clients. With `--baseline`, the service of another checkout (e.g. a
-`git worktree add /tmp/baseline HEAD`) is measured in the same rounds, for an A/B; with
-`--model FILE` (repeatable), this checkout's service serving that model file instead of the
-shipped one (e.g. the one-network fast choice) is too.
+by one keep-alive client (Python's http.client, each request built once, so that little of each
+figure is the client's own Python), with the photo posted as multipart and as a raw
+`image/jpeg` body, and by 16 closed-loop clients; the HTTP round trip alone (GET /health) is
+reported too. With `--baseline`, the service of another checkout (e.g. a `git worktree add
+/tmp/baseline HEAD`) is measured in the same rounds, for an A/B; with `--model FILE`
+(repeatable), this checkout's service serving that model file instead of the shipped one (e.g.
+the one-network fast choice) is too.
 
 Photos: the real portrait (tests/data) at 256x256, and framed in a 640x480 photo. Each round
 measures every contender on every photo back to back; the figures are medians over rounds of
@@ -22,6 +24,7 @@ bench/results/versus_fer.{json,md}.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import statistics
 import subprocess
@@ -141,27 +144,59 @@ def fer_process() -> Iterator[FerProcess]:
 
 
 def http_times(service: ServiceProcess, photo: bytes, runs: int, raw: bool) -> Timing:
-    """One keep-alive client, one request at a time."""
+    """One keep-alive client, one request at a time, on Python's own `http.client`, the request
+    built once (httpx, building each request anew, added 0.5-1.5 ms of its own a request on this
+    machine: docs/experiments.md, "The benchmark's client")."""
+    if raw:
+        request = httpx.Request("POST", f"{service.url}/predict", content=photo)
+        request.headers["Content-Type"] = "image/jpeg"
+    else:
+        request = httpx.Request(
+            "POST", f"{service.url}/predict", files={"file": ("photo.jpg", photo)}
+        )
+    body, headers = request.read(), dict(request.headers)
     seconds, faces = [], 0
     server = psutil.Process(service.process.pid)
     warm_up = max(3, runs // 10)
-    with httpx.Client(base_url=service.url, timeout=60) as http:
+    connection = _connection(service)
+    try:
         for index in range(warm_up + runs):
             if index == warm_up:
                 cpu_started = sum(server.cpu_times()[:2])
             started = time.perf_counter()
-            if raw:
-                response = http.post(
-                    "/predict", content=photo, headers={"Content-Type": "image/jpeg"}
-                )
-            else:
-                response = http.post("/predict", files={"file": ("photo.jpg", photo)})
+            connection.request("POST", "/predict", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = response.read()
             elapsed = time.perf_counter() - started
-            response.raise_for_status()
+            if response.status != 200:
+                raise RuntimeError(f"/predict answered {response.status}: {answer[:200]!r}")
             if index >= warm_up:
                 seconds.append(elapsed)
-            faces = len(response.json()["faces"])
+    finally:
+        connection.close()
+    faces = len(json.loads(answer)["faces"])
     return Timing(seconds, (sum(server.cpu_times()[:2]) - cpu_started) / runs, faces)
+
+
+def _connection(service: ServiceProcess) -> http.client.HTTPConnection:
+    host, port = service.url.removeprefix("http://").split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=60)
+
+
+def round_trip_ms(service: ServiceProcess, runs: int) -> float:
+    """GET /health on the same kind of connection: the HTTP round trip alone, the floor under
+    every figure of this service."""
+    connection = _connection(service)
+    seconds = []
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            seconds.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    return median_ms(seconds[runs // 10 :])
 
 
 def takes_raw_body(url: str, files: dict[str, Path]) -> bool:
@@ -189,6 +224,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         contenders[f"service with {_shown(model)}"] = (REPO, model.resolve())
     timings: dict[str, dict[str, list[Timing]]] = defaultdict(lambda: defaultdict(list))
     rates: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    round_trips: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         files = {}
         for photo, size in PHOTOS.items():
@@ -217,10 +253,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     rates[name][photo].append(
                         photos_per_second(service.url, data, args.load_seconds)
                     )
+            for name, service in services.items():
+                round_trips[name].append(round_trip_ms(service, args.requests))
             print(f"round {round_ + 1} of {args.rounds} measured", file=sys.stderr, flush=True)
     result["contenders"] = {
         name: {photo: _figures(runs) for photo, runs in by_photo.items()}
         for name, by_photo in timings.items()
+    }
+    result["round_trip_ms"] = {
+        name: round(statistics.median(values), 2) for name, values in round_trips.items()
     }
     result["photos_per_s_16_clients"] = {
         name: {photo: round(statistics.median(values), 1) for photo, values in by_photo.items()}
@@ -264,13 +305,16 @@ def markdown(result: dict[str, Any]) -> str:
     for name, by_photo in result["photos_per_s_16_clients"].items():
         cells = [f"{by_photo[photo]:.1f}" for photo in PHOTOS]
         lines.append(f"| {name}, photos/s, {LOAD_CLIENTS} clients | " + " | ".join(cells) + " |")
+    trips = ", ".join(f"{name} {ms:.2f} ms" for name, ms in result["round_trip_ms"].items())
     return (
         f"{machine['cpu']}, {machine['usable_cpus']} usable CPUs, {machine['date']} (load average "
         f"before: {machine['load_average_before']}). Medians over {result['rounds']} rounds of "
         "each round's p50 and CPU time a photo (fer: its process; the service: the server "
         f"process, not the client); `{FER_PACKAGE}` (its Haar cascade, its default) in its own "
         "process and environment (bench/.fer-venv), "
-        "the service over loopback HTTP, one keep-alive client.\n\n" + "\n".join(lines) + "\n"
+        "the service over loopback HTTP, one keep-alive client (Python's http.client, each "
+        f"request built once). The HTTP round trip alone (GET /health, same client): {trips}."
+        "\n\n" + "\n".join(lines) + "\n"
     )
 
 
