@@ -70,13 +70,19 @@ METADATA = YuNetMetadata(
 
 
 def servable(original: bytes):
-    """The graph with its input's height and width, and its outputs' shapes, left free (the
-    shapes recorded inside it for 640x640 are dropped, for onnxruntime to infer per run), and
-    its input one gray channel."""
+    """The file as the service runs it: any input size (`free_input_size`), one gray channel
+    (`fold_colour_channels`)."""
     import onnx
-    from onnx import numpy_helper
 
     proto = onnx.load_from_string(original)
+    free_input_size(proto)
+    fold_colour_channels(proto)
+    return proto
+
+
+def free_input_size(proto) -> None:
+    """The input's height and width, and the outputs' shapes, left free: the shapes recorded
+    inside the graph for 640x640 are dropped, for onnxruntime to infer per run."""
     (image,) = proto.graph.input
     dims = image.type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
@@ -86,14 +92,21 @@ def servable(original: bytes):
             dim.dim_param = f"{output.name}_cells"
     del proto.graph.value_info[:]
 
+
+def fold_colour_channels(proto) -> None:
+    """The input made one channel and the first convolution's weights summed over its three:
+    the service gives gray on all three, where the sum answers the same from a third of the
+    input."""
+    from onnx import numpy_helper
+
+    (image,) = proto.graph.input
     (first,) = [node for node in proto.graph.node if image.name in node.input]
     weights = next(init for init in proto.graph.initializer if init.name == first.input[1])
-    if first.op_type != "Conv" or list(weights.dims[1:2]) != [3]:
+    if first.op_type != "Conv" or weights.dims[1] != 3:
         raise ExportError(f"the graph does not start with a convolution of 3 channels: {first}")
     summed = numpy_helper.to_array(weights).sum(axis=1, keepdims=True, dtype=np.float32)
     weights.CopyFrom(numpy_helper.from_array(summed, weights.name))
-    dims[1].dim_value = 1
-    return proto
+    image.type.tensor_type.shape.dim[1].dim_value = 1
 
 
 def gray_portrait(height: int, width: int) -> np.ndarray:
