@@ -1,10 +1,11 @@
 """`python -m service`: check the model and the face detector, then serve with uvicorn.
 
-The model is loaded (and warmed up) before the server starts, so a missing or unusable model
-stops the process at once with one clear message and a non-zero exit status, not a traceback.
-With one worker that loaded model is the one served. With `WORKERS` > 1 uvicorn starts that
-many processes from the app factory; each loads and warms its own copy in its lifespan before
-it takes a connection, and their metrics meet in a directory on the temporary file system.
+The model and the face detector are loaded (the model warmed up) before the server starts, so
+a missing or unusable file stops the process at once with one clear message and a non-zero exit
+status, not a traceback. With one worker those are the ones served. With `WORKERS` > 1 uvicorn
+starts that many processes from the app factory; each loads and warms its own copies in its
+lifespan before it takes a connection, and their metrics meet in a directory on the temporary
+file system.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main() -> int:
         print(f"error: cannot serve the model: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
     try:
-        load_detector(settings)  # checked here, so a bad file stops the start with one message
+        detector = load_detector(settings)  # here, so a bad file stops the start with one message
     except DetectorError as error:
         print(f"error: cannot use the face detector: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
@@ -70,9 +71,9 @@ def main() -> int:
     # handled it before; with this no-op handler there, a requested stop that went well exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if settings.workers == 1:
-        uvicorn.run(create_app(settings, model=model), **options)
+        uvicorn.run(create_app(settings, model=model, detector=detector), **options)
     else:
-        del model  # each worker loads its own
+        del model, detector  # each worker loads its own
         config = uvicorn.Config(
             "service.app:create_app", factory=True, workers=settings.workers, **options
         )

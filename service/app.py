@@ -74,16 +74,21 @@ DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 
 
-def create_app(settings: Settings | None = None, model: EmotionModel | None = None) -> FastAPI:
-    """The app; `model`, when given, is served instead of loading MODEL_PATH. Also uvicorn's
-    factory (`service.app:create_app`) for the worker processes of WORKERS > 1."""
+def create_app(
+    settings: Settings | None = None,
+    model: EmotionModel | None = None,
+    detector: FaceDetector | None = None,
+) -> FastAPI:
+    """The app; `model` and `detector`, when given (`python -m service` checked them before
+    starting), are served instead of loading what the settings name. Also uvicorn's factory
+    (`service.app:create_app`) for the worker processes of WORKERS > 1."""
     settings = settings or Settings()
     state = ServiceState(settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with drain_on_signals(state.drain):
-            await anyio.to_thread.run_sync(_start, state, model)
+            await anyio.to_thread.run_sync(_start, state, model, detector)
             yield
         state.ready = False
         metrics.process_exiting()
@@ -218,16 +223,17 @@ def load_detector(settings: Settings) -> FaceDetector:
     )
 
 
-def _start(state: ServiceState, model: EmotionModel | None) -> None:
-    """Size the thread pools, load (unless given) and warm up the model, build the pipeline and
-    warm it up at full concurrency, then declare ready."""
+def _start(state: ServiceState, model: EmotionModel | None, detector: FaceDetector | None) -> None:
+    """Size the thread pools, load (unless given) and warm up the model, load (unless given) the
+    detector, build the pipeline and warm it up at full concurrency, then declare ready."""
     settings = state.settings
     return_large_buffers_to_the_system()
     budget = thread_budget(settings)
     cv2.setNumThreads(budget.opencv)
     if model is None:
         model = load_model(settings)
-    detector = load_detector(settings)
+    if detector is None:
+        detector = load_detector(settings)
     limits = ImageLimits(
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_image_pixels,
