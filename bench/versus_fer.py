@@ -155,7 +155,7 @@ def http_times(service: ServiceProcess, photo: bytes, runs: int, raw: bool) -> T
             "POST", f"{service.url}/predict", files={"file": ("photo.jpg", photo)}
         )
     body, headers = request.read(), dict(request.headers)
-    seconds, faces = [], 0
+    seconds: list[float] = []
     server = psutil.Process(service.process.pid)
     warm_up = max(3, runs // 10)
     connection = _connection(service)
