@@ -57,6 +57,20 @@ def _small_photos(portrait: Image.Image, count: int) -> list[tuple[str, bytes]]:
     return [("files", photo)] * count
 
 
+def _crowded_photos(portrait: Image.Image, count: int) -> list[tuple[str, bytes]]:
+    """`count` photos of nine portraits in a 3x3 grid at 480x480 (60 KB each): each costs a
+    detection and nine classifications. 150 of them hold the one analysis thread ~3 s here, far
+    longer than a short batch takes to arrive behind them and two requests take to be shed.
+    (Two equal batches sent together left a window of one batch's analysis minus the gap
+    between their arrivals: on a fast machine too short, and CI once saw a 200 there.)"""
+    crowd = Image.new("RGB", (480, 480), (190, 190, 190))
+    face = portrait.resize((160, 160))
+    for row in range(3):
+        for column in range(3):
+            crowd.paste(face, (column * 160, row * 160))
+    return [("files", encode(crowd, "JPEG"))] * count
+
+
 def _count(metrics_text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
@@ -216,11 +230,13 @@ def test_a_saturated_service_sheds_at_once_keeps_its_probes_and_recovers(
 ):
     """Both places held by batches being analysed (their bodies are in): the next requests are
     refused before their analysis, the probes answer, and the places free up afterwards."""
-    photos = _small_photos(portrait, 150)
     with httpx.Client(base_url=tiny, timeout=30) as http:
         shed_before = _count(http.get("/metrics").text, "emotion_requests_shed_total")
-        with analysing(tiny, photos) as first, analysing(tiny, photos) as second:
-            wait_until_places_taken(tiny, 2)
+        with ExitStack() as batches:
+            first = batches.enter_context(analysing(tiny, _crowded_photos(portrait, 150)))
+            wait_until_places_taken(tiny, 1)  # the long batch is analysed first,
+            second = batches.enter_context(analysing(tiny, _small_photos(portrait, 20)))
+            wait_until_places_taken(tiny, 2)  # and a short one waits its turn behind it
             refused = http.post("/predict", files={"file": portrait_bytes})
             refused_batch = http.post("/predict/batch", files={"files": portrait_bytes})
             for response in (refused, refused_batch):
