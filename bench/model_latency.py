@@ -19,10 +19,11 @@ import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
 from contract.provenance import machine_description  # noqa: E402
+from contract.runtime import model_session_options  # noqa: E402
 
 
 def session_on_one_thread(model: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = model_session_options()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -30,6 +30,7 @@ from contract.emotion import (
     ModelContract,
     ModelError,
 )
+from contract.runtime import model_session_options
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class EmotionModel:
         except OSError as error:
             raise ModelError(f"cannot read the model at {path}: {error}") from error
 
-        options = ort.SessionOptions()
+        options = model_session_options()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         # Idle threads that spin after each run take the CPU from the next request's decoding

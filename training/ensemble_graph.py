@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from contract.emotion import LABELS
+from contract.runtime import model_session_options
 from training.ensemble_members import BATCH, PROBABILITY_FLOOR, Member
 from training.ensemble_selection import Choice
 from training.errors import EnsembleError
@@ -235,7 +236,9 @@ def check_parity(model, images: np.ndarray, expected: np.ndarray) -> dict[str, f
     import onnxruntime as ort
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, RuntimeException
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), model_session_options(), providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     try:
         actual = np.concatenate(

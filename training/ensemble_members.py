@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from contract.emotion import TRAINING_KEY, ModelContract
+from contract.runtime import model_session_options
 from training.data import Split, ValidationSplit
 from training.errors import EnsembleError, ExportError
 
@@ -187,7 +188,9 @@ def answers(member: Member, images: np.ndarray) -> Answers:
 
     names = [member.output_name] + ([member.logits_name] if member.logits_name else [])
     session = ort.InferenceSession(
-        with_outputs(member.proto, names).SerializeToString(), providers=["CPUExecutionProvider"]
+        with_outputs(member.proto, names).SerializeToString(),
+        model_session_options(),
+        providers=["CPUExecutionProvider"],
     )
     outputs = [
         session.run(names, {member.input_name: images[start : start + BATCH]})

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.runtime import model_session_options
 from training.errors import ExportError
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -161,7 +162,7 @@ def quantize_int8(
 def onnx_probabilities(model: bytes, images: np.ndarray, optimized: bool = True) -> np.ndarray:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = model_session_options()
     if not optimized:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
