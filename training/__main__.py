@@ -132,6 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep every member with equal weight instead of selecting on validation",
     )
+    ensemble.add_argument(
+        "--max-members",
+        type=int,
+        help="at most this many distinct members (each costs a face one inference); "
+        "greedy spends the budget on those it values most",
+    )
     ensemble.add_argument("--no-quantize", action="store_true", help="leave float members in float")
     return parser.parse_args(argv)
 
@@ -218,6 +224,7 @@ def run(args: argparse.Namespace) -> None:
             combines=COMBINES if args.combine == "auto" else (args.combine,),
             equal_weights=args.equal_weights,
             quantize=not args.no_quantize,
+            max_members=args.max_members,
         )
         print(report(result))
 

@@ -96,6 +96,7 @@ def ensemble(
     combines: tuple[Combine, ...] = COMBINES,
     equal_weights: bool = False,
     quantize: bool = True,
+    max_members: int | None = None,
 ) -> Result:
     """Build, check and write the ensemble of the models at `paths` to `out`."""
     from training.compare import unseen_validation
@@ -105,6 +106,10 @@ def ensemble(
         raise EnsembleError("name at least one member")
     if rounds < 1:
         raise EnsembleError(f"--rounds must be at least 1, got {rounds}")
+    if max_members is not None and max_members < 1:
+        raise EnsembleError(f"--max-members must be at least 1, got {max_members}")
+    if max_members is not None and equal_weights:
+        raise EnsembleError("--equal-weights keeps every member: it takes no --max-members")
     candidates = distinct([load_member(Path(path)) for path in paths])
     split, contract = check_members(candidates)
     members = candidates
@@ -122,7 +127,7 @@ def ensemble(
     for member, figures in zip(members, alone, strict=True):
         log.info("%s: validation accuracy %.4f", member.path, figures["accuracy"])
 
-    choice = choose(plain, mirrored, faces.y, rounds, combines, equal_weights)
+    choice = choose(plain, mirrored, faces.y, rounds, combines, equal_weights, max_members)
     used = members_used(choice.counts)
     members, plain, mirrored = (
         [members[i] for i in used],
@@ -151,6 +156,7 @@ def ensemble(
         "selection": {
             "method": "equal weights, in the order given" if equal_weights else "greedy",
             "rounds": len(choice.steps),
+            "max_members": max_members,
             "chosen_round": choice.chosen_round,
             "by_combine": choice.by_combine,
             "combine": choice.combine,
@@ -283,7 +289,8 @@ def report(result: Result) -> str:
         )
     lines += [
         "",
-        f"{selection['method']} ({selection['combine']} averaged):",
+        f"{selection['method']}{_cap(selection.get('max_members'))} "
+        f"({selection['combine']} averaged):",
         f"{'round':<7}{'members':>8}{'accuracy':>10}{'NLL':>8}  added",
     ]
     chosen = selection["chosen_round"]
@@ -312,3 +319,7 @@ def report(result: Result) -> str:
         f"faces; written to {result.path}",
     ]
     return "\n".join(lines)
+
+
+def _cap(max_members: int | None) -> str:
+    return "" if max_members is None else f", at most {max_members} members"

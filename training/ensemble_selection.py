@@ -81,15 +81,22 @@ def better(accuracy: float, nll: float, than: tuple[float, float] | None) -> boo
 
 
 def greedy_selection(
-    candidates: list[Answers], labels: np.ndarray, combine: Combine, rounds: int
+    candidates: list[Answers],
+    labels: np.ndarray,
+    combine: Combine,
+    rounds: int,
+    max_members: int | None = None,
 ) -> list[Step]:
     """Caruana's forward selection with replacement: each round adds the candidate that makes the
-    ensemble best on validation (accuracy, then calibrated NLL)."""
+    ensemble best on validation (accuracy, then calibrated NLL). Once `max_members` distinct
+    members are in, later rounds only re-weigh them: every member costs each face its own
+    inference, so the cap is the cost budget, and greedy spends it on the members it values most."""
     counts = np.zeros(len(candidates), dtype=int)
     steps = []
     for _ in range(rounds):
         best: tuple[int, float, float] | None = None
-        for index in range(len(candidates)):
+        full = max_members is not None and np.count_nonzero(counts) >= max_members
+        for index in np.flatnonzero(counts) if full else range(len(candidates)):
             trial = counts.copy()
             trial[index] += 1
             scores = combined_scores(candidates, trial / trial.sum(), combine)
@@ -97,6 +104,7 @@ def greedy_selection(
             if best is None or better(accuracy, nll, best[1:]):
                 best = (index, accuracy, nll)
         index, accuracy, nll = best
+        index = int(index)
         counts[index] += 1
         steps.append(Step(index, tuple(int(c) for c in counts), accuracy, nll))
     return steps
@@ -135,6 +143,7 @@ def choose(
     rounds: int = DEFAULT_ROUNDS,
     combines: tuple[Combine, ...] = COMBINES,
     equal_weights: bool = False,
+    max_members: int | None = None,
 ) -> Choice:
     """Weights, combination, flip averaging and temperature, all chosen on validation.
 
@@ -143,8 +152,10 @@ def choose(
     undersold flip averaging for members that do not flip themselves (docs/experiments.md, "What
     the members' own flip averaging buys"). Flip averaging doubles the cost of every face, so it
     must win on accuracy outright."""
-    plain_pick = _select(plain, labels, rounds, combines, equal_weights)
-    flip_pick = _select(flip_averaged(plain, mirrored), labels, rounds, combines, equal_weights)
+    plain_pick = _select(plain, labels, rounds, combines, equal_weights, max_members)
+    flip_pick = _select(
+        flip_averaged(plain, mirrored), labels, rounds, combines, equal_weights, max_members
+    )
     flip_tta = flip_pick.accuracy > plain_pick.accuracy
     pick = flip_pick if flip_tta else plain_pick
     return Choice(
@@ -187,6 +198,7 @@ def _select(
     rounds: int,
     combines: tuple[Combine, ...],
     equal_weights: bool,
+    max_members: int | None,
 ) -> _Pick:
     by_combine: dict[str, tuple[list[Step], Step]] = {}
     for combine in combines:
@@ -194,7 +206,7 @@ def _select(
             steps = in_given_order(answers, labels, combine)
             by_combine[combine] = (steps, steps[-1])
         else:
-            steps = greedy_selection(answers, labels, combine, rounds)
+            steps = greedy_selection(answers, labels, combine, rounds, max_members)
             by_combine[combine] = (steps, best_prefix(steps))
     combine = combines[0]
     for other in combines[1:]:

@@ -242,6 +242,23 @@ def test_the_command_refuses_in_one_line(
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_the_command_holds_the_ensemble_to_a_member_budget(
+    members: list[Path], member_data: Path, tmp_path: Path
+) -> None:
+    """`--max-members 1`: one network in the file, whatever the rounds; the evidence says so."""
+    out = tmp_path / "emotion.onnx"
+    code = main(["ensemble", *map(str, members), "--data", str(member_data), "--out", str(out),
+                 "--max-members", "1", "--rounds", "6"])  # fmt: skip
+    assert code == 0
+    recorded = json.loads(metadata_of(out)[ENSEMBLE_KEY])
+    assert len(recorded["members"]) == 1 and recorded["members"][0]["weight"] == 1.0
+    selection = json.loads((tmp_path / EVIDENCE_FILE).read_text())["selection"]
+    assert selection["max_members"] == 1
+    assert {step["members"] for step in selection["steps"]} == {1}
+    with pytest.raises(EnsembleError, match="no --max-members"):
+        ensemble(members, member_data, tmp_path / "e.onnx", equal_weights=True, max_members=2)
+
+
 def test_flip_averaging_is_wired_as_the_members_answer_mirrored_faces(
     members: list[Path], validation_images, tmp_path: Path
 ) -> None:

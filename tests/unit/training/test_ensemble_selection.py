@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from training.ensemble_members import Answers
-from training.ensemble_selection import choose
+from training.ensemble_selection import choose, greedy_selection, members_used
 
 FACES = 200
 
@@ -37,3 +37,25 @@ def test_flip_averaging_is_weighed_with_weights_chosen_for_it():
     assert choice.flip["counts_plain"][1] == 0  # without flips, B adds nothing
     assert choice.flip_tta and choice.counts[1] > 0
     assert choice.accuracy == 1.0 and choice.flip["accuracy_plain"] < 0.7
+
+
+def test_a_member_cap_keeps_greedy_s_first_choices_and_only_reweighs_them():
+    """Five noisy members, each right on a different 55 % of faces: uncapped, greedy takes more
+    than two. Capped at two, it takes the same first two and spends every later round on them."""
+    labels = np.arange(FACES) % 7
+    rng = np.random.default_rng(1)
+    members = []
+    for _ in range(5):
+        logits = rng.normal(0, 1, (FACES, 7))
+        right = rng.random(FACES) < 0.55
+        logits[np.flatnonzero(right), labels[right]] += 3.0
+        members.append(answers(logits))
+    uncapped = greedy_selection(members, labels, "logits", rounds=12)
+    capped = greedy_selection(members, labels, "logits", rounds=12, max_members=2)
+    assert len(members_used(uncapped[-1].counts)) > 2
+    first_two = members_used(capped[1].counts)
+    assert len(first_two) == 2 and capped[:2] == uncapped[:2]
+    assert all(members_used(step.counts) == first_two for step in capped[1:])
+    assert sum(capped[-1].counts) == 12
+    choice = choose(members, members, labels, combines=("logits",), max_members=2)
+    assert len(members_used(choice.counts)) <= 2
