@@ -5,7 +5,8 @@ a missing or unusable file stops the process at once with one clear message and 
 status, not a traceback. With one worker those are the ones served. With `WORKERS` > 1 uvicorn
 starts that many processes from the app factory; each loads and warms its own copies in its
 lifespan before it takes a connection, and their metrics meet in a directory on the temporary
-file system.
+file system; their supervisor checks the files in a short-lived child process
+(`service.startup`), so that it holds no copy of its own.
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
-from service.app import create_app, load_detector, load_model
 from service.connections import OPEN_FILES_BESIDES_CONNECTIONS, GuardedHttpProtocol
-from service.faces import DetectorError
 from service.logs import logging_config
 from service.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
-from service.model import ModelError
 from service.settings import Settings
+from service.startup import Unservable, check_in_a_child, load_checked
 
 EXIT_CONFIGURATION = 2
 
@@ -46,14 +45,9 @@ def main() -> int:
     logging.config.dictConfig(log_config)
 
     try:
-        model = load_model(settings)
-    except ModelError as error:
-        print(f"error: cannot serve the model: {error}", file=sys.stderr)
-        return EXIT_CONFIGURATION
-    try:
-        detector = load_detector(settings)  # here, so a bad file stops the start with one message
-    except DetectorError as error:
-        print(f"error: cannot use the face detector: {error}", file=sys.stderr)
+        served = load_checked(settings) if settings.workers == 1 else check_in_a_child()
+    except Unservable as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIGURATION
 
     options = {
@@ -70,10 +64,12 @@ def main() -> int:
     # uvicorn shuts down gracefully at SIGTERM and then raises the signal again for whatever
     # handled it before; with this no-op handler there, a requested stop that went well exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    if settings.workers == 1:
+    if served is not None:
+        from service.app import create_app
+
+        model, detector = served
         uvicorn.run(create_app(settings, model=model, detector=detector), **options)
     else:
-        del model, detector  # each worker loads its own
         config = uvicorn.Config(
             "service.app:create_app", factory=True, workers=settings.workers, **options
         )

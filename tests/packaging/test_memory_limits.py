@@ -16,9 +16,9 @@ MB = 1_000_000
 WORKER_AT_REST = 260 * MB
 """One process after its warm-up, ready (shipped ensemble and YuNet): 202 MB a worker with
 WORKERS=2, 226-256 MB alone (bench/results/serve_bench.md) on the development machine."""
-SUPERVISOR = 170 * MB
-"""uvicorn's supervisor, which loads and checks the model before starting workers (150 MB), and
-multiprocessing's resource tracker (13 MB), measured with WORKERS=2."""
+SUPERVISOR = 70 * MB
+"""uvicorn's supervisor, which checks the model in a child process before starting workers
+(44 MB), and multiprocessing's resource tracker (13 MB), measured with WORKERS=2."""
 UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 
 

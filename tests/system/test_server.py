@@ -106,6 +106,19 @@ def test_refuses_to_start_with_an_unusable_model(tmp_path, build, phrase):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_corrupt_model_is_refused_whether_checked_in_process_or_in_a_child(tmp_path, workers):
+    """With WORKERS > 1 the supervisor checks the files in a child process: the same message
+    and exit status come back from there."""
+    path = tmp_path / "emotion.onnx"
+    path.write_bytes(b"garbage" * 100)
+    result = _start_and_fail(path, WORKERS=workers)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot serve the model:")
+    assert "not a model onnxruntime can load" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_refuses_to_start_with_bad_settings(model_path):
     result = _start_and_fail(model_path, MAX_UPLOAD_BYTES="lots")
     assert result.returncode == 2

@@ -43,6 +43,9 @@ def test_two_workers_share_the_cpus_and_add_up_their_metrics(model_path, portrai
             output,
         )
         assert len(set(started)) == 2, output
+        # The supervisor checked the files in a child process: it holds no runtime of its own.
+        supervisor = Path(f"/proc/{service.process.pid}/maps").read_text()
+        assert "onnxruntime" not in supervisor and "cv2" not in supervisor
         sent = 0
         with httpx.Client(base_url=service.url, timeout=30) as http:
             # until both workers have answered some (the kernel picks who accepts)
